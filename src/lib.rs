@@ -1,0 +1,122 @@
+//! The `tasklab` binary's runtime: how the services are assembled into
+//! processes.
+//!
+//! * **Embedded** ([`run_embedded`]): every domain service and the gateway in
+//!   one process, on SQLite files and local blobs under the data directory.
+//!   The API port serves the ClearML REST API and the public gRPC API; the
+//!   files port serves the ClearML files server.
+//! * **One service** ([`run_service`]): a single service on its own port and
+//!   its configured PostgreSQL/Redis, as containers run it.
+//!
+//! Both take already-bound listeners and a shutdown future, so `main` and the
+//! end-to-end tests run exactly the same code.
+
+use std::future::Future;
+use std::net::SocketAddr;
+
+use anyhow::Context as _;
+use tasklab_config::{ServiceName, Settings};
+use tasklab_server::Server;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// The default port of each service when run alone.
+pub fn default_service_addr(name: ServiceName) -> SocketAddr {
+    let port = match name {
+        ServiceName::Tasks => 50051,
+        ServiceName::Projects => 50052,
+        ServiceName::Queues => 50053,
+        ServiceName::Artifacts => 50054,
+        ServiceName::Metrics => 50055,
+        ServiceName::Gateway => 8008,
+    };
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// The database of a domain service: its configured URL, else a SQLite file
+/// `<data_dir>/<service>.db`.
+pub fn database_url(settings: &Settings, name: ServiceName) -> String {
+    settings
+        .services
+        .get(name)
+        .and_then(|s| s.database_url.clone())
+        .unwrap_or_else(|| {
+            tasklab_db::sqlite_url(&settings.data_dir.join(format!("{}.db", name.as_str())))
+        })
+}
+
+async fn with_domain_service(
+    server: Server,
+    settings: &Settings,
+    name: ServiceName,
+) -> anyhow::Result<Server> {
+    let url = database_url(settings, name);
+    let server = match name {
+        ServiceName::Tasks => tasklab_tasks::mount(server, settings, &url).await,
+        ServiceName::Projects => tasklab_projects::mount(server, settings, &url).await,
+        ServiceName::Queues => tasklab_queues::mount(server, settings, &url).await,
+        ServiceName::Artifacts => tasklab_artifacts::mount(server, settings, &url).await,
+        ServiceName::Metrics => tasklab_metrics::mount(server, settings, &url).await,
+        ServiceName::Gateway => Ok(server),
+    };
+    server.with_context(|| format!("starting the {name} service"))
+}
+
+/// Runs every service and the gateway in this process until `shutdown`
+/// resolves.
+pub async fn run_embedded(
+    settings: Settings,
+    api: TcpListener,
+    files: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&settings.data_dir).with_context(|| {
+        format!(
+            "cannot create data directory {}",
+            settings.data_dir.display()
+        )
+    })?;
+
+    let mut api_server = Server::new(&settings.grpc).with_http(tasklab_gateway::api_router());
+    for name in ServiceName::ALL {
+        api_server = with_domain_service(api_server, &settings, name).await?;
+    }
+    let files_server = Server::http_only(&settings.grpc, tasklab_gateway::files_router());
+
+    let token = CancellationToken::new();
+    let api_task = tokio::spawn(api_server.serve(api, token.clone().cancelled_owned()));
+    let files_task = tokio::spawn(files_server.serve(files, token.clone().cancelled_owned()));
+    tracing::info!(data_dir = %settings.data_dir.display(), "tasklab is ready");
+
+    shutdown.await;
+    token.cancel();
+    let (api_result, files_result) = tokio::join!(api_task, files_task);
+    api_result
+        .context("API server task")?
+        .context("API server")?;
+    files_result
+        .context("files server task")?
+        .context("files server")?;
+    tracing::info!("tasklab stopped");
+    Ok(())
+}
+
+/// Runs one service alone until `shutdown` resolves.
+pub async fn run_service(
+    name: ServiceName,
+    settings: Settings,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let server = match name {
+        ServiceName::Gateway => {
+            Server::new(&settings.grpc).with_http(tasklab_gateway::api_router())
+        }
+        domain => with_domain_service(Server::new(&settings.grpc), &settings, domain).await?,
+    };
+    tracing::info!(service = %name, "tasklab service is ready");
+    server
+        .serve(listener, shutdown)
+        .await
+        .with_context(|| format!("{name} server"))
+}

@@ -1,0 +1,133 @@
+//! `tasklab`: the command line.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use tasklab_config::{ServiceName, Settings};
+
+/// tasklab: an experiment manager server implementing ClearML's Task model.
+///
+/// Point the ClearML SDK at it with CLEARML_API_HOST=http://127.0.0.1:8008 and
+/// CLEARML_FILES_HOST=http://127.0.0.1:8081.
+#[derive(Debug, Parser)]
+#[command(name = "tasklab", version, propagate_version = true)]
+struct Cli {
+    /// Settings file (TOML). TASKLAB_* environment variables override it.
+    #[arg(long, global = true, env = "TASKLAB_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run tasklab: every service and the gateway in one process on embedded
+    /// storage (default), or one service alone with --service.
+    Serve(ServeArgs),
+    /// Print the version.
+    Version,
+}
+
+#[derive(Debug, clap::Args)]
+struct ServeArgs {
+    /// Directory for embedded storage (SQLite files, blobs, secrets).
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Address of the API port (ClearML REST API and public gRPC API).
+    #[arg(long, value_name = "ADDR")]
+    api_addr: Option<SocketAddr>,
+    /// Address of the ClearML-compatible files server.
+    #[arg(long, value_name = "ADDR")]
+    files_addr: Option<SocketAddr>,
+    /// Run only this service (tasks, projects, queues, artifacts, metrics,
+    /// gateway) on its configured listen address, PostgreSQL and Redis.
+    #[arg(long, value_name = "NAME", value_parser = parse_service)]
+    service: Option<ServiceName>,
+    /// Listen address when running one service (default: its
+    /// `services.<name>.listen_addr`, else 127.0.0.1:5005x).
+    #[arg(long, value_name = "ADDR", requires = "service")]
+    listen_addr: Option<SocketAddr>,
+}
+
+fn parse_service(name: &str) -> Result<ServiceName, String> {
+    ServiceName::parse(name).ok_or_else(|| {
+        let names: Vec<&str> = ServiceName::ALL.iter().map(|s| s.as_str()).collect();
+        format!(
+            "unknown service {name:?}; expected one of {}",
+            names.join(", ")
+        )
+    })
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Version => {
+            #[allow(clippy::print_stdout)]
+            {
+                println!("tasklab {}", env!("CARGO_PKG_VERSION"));
+            }
+            Ok(())
+        }
+        Command::Serve(args) => {
+            let mut settings = Settings::load(cli.config.as_deref(), std::env::vars())
+                .context("loading settings")?;
+            if let Some(dir) = args.data_dir {
+                settings.data_dir = dir;
+            }
+            if let Some(addr) = args.api_addr {
+                settings.api_addr = addr;
+            }
+            if let Some(addr) = args.files_addr {
+                settings.files_addr = addr;
+            }
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?;
+            let result = runtime.block_on(serve(settings, args.service, args.listen_addr));
+            // Everything that matters was drained inside `serve`; don't wait
+            // on idle background tasks (pool reapers, blocking readers).
+            runtime.shutdown_timeout(std::time::Duration::from_millis(200));
+            result
+        }
+    }
+}
+
+async fn serve(
+    settings: Settings,
+    service: Option<ServiceName>,
+    listen_addr: Option<SocketAddr>,
+) -> anyhow::Result<()> {
+    let otlp = std::env::var(tasklab_telemetry::OTLP_ENDPOINT_ENV).ok();
+    let process = service.map_or("serve", ServiceName::as_str);
+    let _telemetry = tasklab_telemetry::init(&settings.log, process, otlp.as_deref())
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+
+    match service {
+        None => {
+            let api = bind(settings.api_addr, "API").await?;
+            let files = bind(settings.files_addr, "files").await?;
+            tasklab::run_embedded(settings, api, files, tasklab_server::shutdown_signal()).await
+        }
+        Some(name) => {
+            let addr = listen_addr
+                .or_else(|| settings.services.get(name).and_then(|s| s.listen_addr))
+                .unwrap_or_else(|| match name {
+                    ServiceName::Gateway => settings.api_addr,
+                    _ => tasklab::default_service_addr(name),
+                });
+            let listener = bind(addr, name.as_str()).await?;
+            tasklab::run_service(name, settings, listener, tasklab_server::shutdown_signal()).await
+        }
+    }
+}
+
+async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} for the {what} port"))
+}
