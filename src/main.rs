@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use tasklab_config::{ServiceName, Settings};
+use tasklab_gateway::auth::{CredentialStore, GeneratedCredential};
 
 /// tasklab: an experiment manager server implementing ClearML's Task model.
 ///
@@ -27,8 +28,29 @@ enum Command {
     /// Run tasklab: every service and the gateway in one process on embedded
     /// storage (default), or one service alone with --service.
     Serve(ServeArgs),
+    /// Manage API credentials (access key / secret key) in the data directory.
+    Credentials {
+        /// Directory holding `credentials.json` (default: the configured data directory).
+        #[arg(long, value_name = "DIR", global = true)]
+        data_dir: Option<PathBuf>,
+        #[command(subcommand)]
+        action: CredentialsAction,
+    },
     /// Print the version.
     Version,
+}
+
+#[derive(Debug, Subcommand)]
+enum CredentialsAction {
+    /// Create a credential and print its secret (shown once).
+    Create,
+    /// List credentials (access keys, creation time, revoked or not).
+    List,
+    /// Revoke a credential: it never authenticates again.
+    Revoke {
+        /// The access key to revoke.
+        access_key: String,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -72,6 +94,12 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Credentials { data_dir, action } => {
+            let settings = Settings::load(cli.config.as_deref(), std::env::vars())
+                .context("loading settings")?;
+            let dir = data_dir.unwrap_or(settings.data_dir);
+            credentials(&CredentialStore::in_data_dir(&dir), action)
+        }
         Command::Serve(args) => {
             let mut settings = Settings::load(cli.config.as_deref(), std::env::vars())
                 .context("loading settings")?;
@@ -97,6 +125,57 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
+#[allow(clippy::print_stdout)]
+fn credentials(store: &CredentialStore, action: CredentialsAction) -> anyhow::Result<()> {
+    match action {
+        CredentialsAction::Create => print_generated(&store.create()?),
+        CredentialsAction::List => {
+            for c in store.list()? {
+                let state = if c.revoked { "revoked" } else { "active" };
+                println!("{}\t{}\tcreated={}", c.access_key, state, c.created);
+            }
+        }
+        CredentialsAction::Revoke { access_key } => {
+            store.revoke(&access_key)?;
+            println!("revoked {access_key}");
+        }
+    }
+    Ok(())
+}
+
+#[allow(clippy::print_stdout)]
+fn print_generated(c: &GeneratedCredential) {
+    println!("access key: {}", c.access_key);
+    println!("secret key: {}", c.secret_key);
+    println!("(the secret is shown once and stored only as a salted hash)");
+}
+
+/// The first credential: the configured pair, else one generated and printed
+/// once for a data directory that has none.
+#[allow(clippy::print_stdout)]
+fn ensure_first_credential(settings: &Settings) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&settings.data_dir).with_context(|| {
+        format!(
+            "cannot create data directory {}",
+            settings.data_dir.display()
+        )
+    })?;
+    let store = CredentialStore::in_data_dir(&settings.data_dir);
+    let configured = settings
+        .auth
+        .access_key
+        .as_deref()
+        .zip(settings.auth.secret_key.as_deref());
+    if let Some(generated) = store.ensure_first(configured)? {
+        println!("tasklab generated its first API credential:");
+        print_generated(&generated);
+        println!(
+            "use it as CLEARML_API_ACCESS_KEY / CLEARML_API_SECRET_KEY; `tasklab credentials create` makes more"
+        );
+    }
+    Ok(())
+}
+
 async fn serve(
     settings: Settings,
     service: Option<ServiceName>,
@@ -109,11 +188,15 @@ async fn serve(
 
     match service {
         None => {
+            ensure_first_credential(&settings)?;
             let api = bind(settings.api_addr, "API").await?;
             let files = bind(settings.files_addr, "files").await?;
             tasklab::run_embedded(settings, api, files, tasklab_server::shutdown_signal()).await
         }
         Some(name) => {
+            if name == ServiceName::Gateway {
+                ensure_first_credential(&settings)?;
+            }
             let addr = listen_addr
                 .or_else(|| settings.services.get(name).and_then(|s| s.listen_addr))
                 .unwrap_or_else(|| match name {

@@ -29,9 +29,15 @@ struct Tasklab {
 
 impl Tasklab {
     fn start() -> Tasklab {
-        let data = tempfile::tempdir().unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tasklab"));
+        cmd.env("TASKLAB_ACCESS_KEY", "test-access")
+            .env("TASKLAB_SECRET_KEY", "test-secret");
+        Tasklab::start_in(tempfile::tempdir().unwrap(), cmd)
+    }
+
+    fn start_in(data: tempfile::TempDir, mut cmd: Command) -> Tasklab {
         let (api, files) = (free_addr(), free_addr());
-        let child = Command::new(env!("CARGO_BIN_EXE_tasklab"))
+        let child = cmd
             .args(["serve", "--data-dir"])
             .arg(data.path())
             .args([
@@ -40,10 +46,9 @@ impl Tasklab {
                 "--files-addr",
                 &files.to_string(),
             ])
-            .env("TASKLAB_ACCESS_KEY", "test-access")
-            .env("TASKLAB_SECRET_KEY", "test-secret")
             .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
-            .stdout(Stdio::null())
+            .env_remove("TASKLAB_CONFIG")
+            .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
             .expect("start tasklab");
@@ -53,6 +58,15 @@ impl Tasklab {
             files,
             _data: data,
         }
+    }
+
+    /// Stops the process and returns its data directory and what it printed.
+    async fn stop_and_take(mut self) -> (tempfile::TempDir, String) {
+        assert!(self.terminate().await.success());
+        let mut out = String::new();
+        std::io::Read::read_to_string(&mut self.child.stdout.take().unwrap(), &mut out).unwrap();
+        let data = std::mem::replace(&mut self._data, tempfile::tempdir().unwrap());
+        (data, out)
     }
 
     /// Waits until overall health is SERVING; returns how long it took.
@@ -102,7 +116,10 @@ impl Tasklab {
         let start = std::time::SystemTime::now();
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
-                eprintln!("tasklab exited {:?} after SIGTERM", start.elapsed().unwrap());
+                eprintln!(
+                    "tasklab exited {:?} after SIGTERM",
+                    start.elapsed().unwrap()
+                );
                 return status;
             }
             assert!(
@@ -233,6 +250,78 @@ async fn version_and_help_document_the_commands() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown service"));
+}
+
+fn bare_command() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tasklab"));
+    cmd.env_remove("TASKLAB_ACCESS_KEY")
+        .env_remove("TASKLAB_SECRET_KEY");
+    cmd
+}
+
+#[tokio::test]
+async fn first_credential_is_generated_and_printed_once_then_managed_by_the_cli() {
+    let first = Tasklab::start_in(tempfile::tempdir().unwrap(), bare_command());
+    first.wait_ready().await;
+    let (data, out) = first.stop_and_take().await;
+    let access = out
+        .lines()
+        .find_map(|l| l.strip_prefix("access key: "))
+        .unwrap_or_else(|| panic!("no generated credential printed: {out}"))
+        .to_owned();
+    assert!(out.contains("secret key: "), "{out}");
+    let stored = std::fs::read_to_string(data.path().join("credentials.json")).unwrap();
+    let secret = out
+        .lines()
+        .find_map(|l| l.strip_prefix("secret key: "))
+        .unwrap();
+    assert!(
+        stored.contains(&access) && !stored.contains(secret),
+        "secret must be stored hashed"
+    );
+
+    // A restart on the same data directory prints nothing new.
+    let second = Tasklab::start_in(data, bare_command());
+    second.wait_ready().await;
+    let (data, out) = second.stop_and_take().await;
+    assert!(
+        !out.contains("access key:"),
+        "credential printed twice: {out}"
+    );
+
+    // The CLI lists, creates and revokes.
+    let cli = |args: &[&str]| {
+        let out = bare_command()
+            .args(["credentials", "--data-dir"])
+            .arg(data.path())
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    assert!(cli(&["list"]).contains(&format!("{access}\tactive")));
+    let created = cli(&["create"]);
+    let new_key = created
+        .lines()
+        .find_map(|l| l.strip_prefix("access key: "))
+        .unwrap()
+        .to_owned();
+    cli(&["revoke", &access]);
+    let listed = cli(&["list"]);
+    assert!(listed.contains(&format!("{access}\trevoked")), "{listed}");
+    assert!(listed.contains(&format!("{new_key}\tactive")), "{listed}");
+    let out = bare_command()
+        .args(["credentials", "--data-dir"])
+        .arg(data.path())
+        .args(["revoke", "NO-SUCH-KEY"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "revoking an unknown key must fail");
 }
 
 async fn http_get(addr: SocketAddr, path: &str) -> String {

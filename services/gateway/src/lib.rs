@@ -9,8 +9,10 @@
 //! * `http/envelope.rs` — ClearML's `meta`/`data` response envelope and the
 //!   mapping of [`tasklab_error::Error`] to `result_code`/`result_subcode`;
 //! * `http/mod.rs` — the REST router: `/vX.Y/service.action` dispatch;
-//! * `files.rs` — the files server.
+//! * `files.rs` — the files server;
+//! * `auth/` — credentials (hashed) and tokens.
 
+pub mod auth;
 mod files;
 pub mod http;
 

@@ -403,8 +403,14 @@ mod docs_tests {
                 .lines()
                 .find(|l| l.starts_with(&format!("| `{}` |", code.as_str())))
                 .unwrap_or_else(|| panic!("docs/ERRORS.md lacks {code}"));
-            assert!(row.contains(&format!("| {result_code}/{subcode} |")), "stale row: {row}");
-            assert!(row.contains(&format!("| {} |", code.http_status())), "stale row: {row}");
+            assert!(
+                row.contains(&format!("| {result_code}/{subcode} |")),
+                "stale row: {row}"
+            );
+            assert!(
+                row.contains(&format!("| {} |", code.http_status())),
+                "stale row: {row}"
+            );
         }
     }
 }
