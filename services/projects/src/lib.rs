@@ -12,5 +12,9 @@ pub async fn mount(
     _settings: &tasklab_config::Settings,
     _database_url: &str,
 ) -> Result<tasklab_server::Server, tasklab_error::Error> {
-    Ok(server.add_service(tasklab_proto::projects::v1::projects_service_server::ProjectsServiceServer::new(grpc::Unimplemented)))
+    Ok(server.add_service(
+        tasklab_proto::projects::v1::projects_service_server::ProjectsServiceServer::new(
+            grpc::Unimplemented,
+        ),
+    ))
 }
