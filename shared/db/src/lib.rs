@@ -120,9 +120,7 @@ pub mod testing {
         /// A fresh PostgreSQL database, or `None` (reported as skipped) when
         /// no server is configured outside CI.
         pub async fn postgres(test: &str) -> Option<TestDb> {
-            let Some(admin) = require_env(POSTGRES_ENV, "PostgreSQL", test) else {
-                return None;
-            };
+            let admin = require_env(POSTGRES_ENV, "PostgreSQL", test)?;
             let name = format!("tasklab_test_{}", uuid::Uuid::new_v4().simple());
             let conn = connect(&admin)
                 .await
