@@ -70,7 +70,7 @@ impl Tasklab {
     }
 
     /// Waits until overall health is SERVING; returns how long it took.
-    async fn wait_ready(&self) -> Duration {
+    async fn wait_ready(&mut self) -> Duration {
         let started = Instant::now();
         loop {
             if let Ok(channel) =
@@ -89,6 +89,9 @@ impl Tasklab {
                 {
                     return started.elapsed();
                 }
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("tasklab exited before becoming ready: {status}");
             }
             assert!(
                 started.elapsed() < Duration::from_secs(20),
@@ -261,7 +264,7 @@ fn bare_command() -> Command {
 
 #[tokio::test]
 async fn first_credential_is_generated_and_printed_once_then_managed_by_the_cli() {
-    let first = Tasklab::start_in(tempfile::tempdir().unwrap(), bare_command());
+    let mut first = Tasklab::start_in(tempfile::tempdir().unwrap(), bare_command());
     first.wait_ready().await;
     let (data, out) = first.stop_and_take().await;
     let access = out
@@ -281,7 +284,7 @@ async fn first_credential_is_generated_and_printed_once_then_managed_by_the_cli(
     );
 
     // A restart on the same data directory prints nothing new.
-    let second = Tasklab::start_in(data, bare_command());
+    let mut second = Tasklab::start_in(data, bare_command());
     second.wait_ready().await;
     let (data, out) = second.stop_and_take().await;
     assert!(

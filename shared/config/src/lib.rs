@@ -351,8 +351,9 @@ impl Settings {
             let path: Vec<String> = match rest {
                 "ACCESS_KEY" => vec!["auth".into(), "access_key".into()],
                 "SECRET_KEY" => vec!["auth".into(), "secret_key".into()],
-                // Variables read elsewhere, not settings.
-                "CONFIG" | "TEST_POSTGRES_URL" | "TEST_REDIS_URL" => continue,
+                // Variables read elsewhere (the settings file, tests, benches), not settings.
+                "CONFIG" | "VENV" => continue,
+                _ if rest.starts_with("TEST_") || rest.starts_with("BENCH_") => continue,
                 _ => rest.split("__").map(str::to_ascii_lowercase).collect(),
             };
             let value = if is_string_field(&path) {
@@ -453,6 +454,8 @@ mod tests {
                 ("TASKLAB_SECRET_KEY", "12345"),
                 ("TASKLAB_LOG__FORMAT", "json"),
                 ("HOME", "/root"),
+                ("TASKLAB_TEST_PYTHON", "/usr/bin/python3"),
+                ("TASKLAB_BENCH_MLFLOW", "1"),
             ]),
         )
         .unwrap();
