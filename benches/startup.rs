@@ -7,6 +7,8 @@
 //!
 //! `cargo bench --bench startup`
 
+#![allow(clippy::print_stdout)] // a benchmark prints its figures
+
 use std::net::{SocketAddr, TcpListener};
 use std::process::{Command, Stdio};
 use std::time::Duration;
