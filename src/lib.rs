@@ -120,3 +120,30 @@ pub async fn run_service(
         .await
         .with_context(|| format!("{name} server"))
 }
+
+/// Applies the database migrations of a domain service and returns.
+///
+/// Every service also migrates at start; this exists so a deployment can run
+/// migrations once, before new replicas roll out (the Helm pre-upgrade Job).
+pub async fn migrate(settings: &Settings, name: ServiceName) -> anyhow::Result<()> {
+    anyhow::ensure!(name != ServiceName::Gateway, "the gateway owns no database");
+    // Mounting a service connects to its database and applies its migrations;
+    // the server built here is never started.
+    // Background jobs a service spawns end with this short-lived process.
+    let url = database_url(settings, name);
+    with_domain_service(Server::new(&settings.grpc), settings, name).await?;
+    tracing::info!(service = %name, database = %redact(&url), "migrations applied");
+    Ok(())
+}
+
+/// A database URL without its password, for logs.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{}{}:***{}", &url[..scheme + 3], user, &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}

@@ -36,6 +36,29 @@ enum Command {
         #[command(subcommand)]
         action: CredentialsAction,
     },
+    /// Check a running tasklab over gRPC health; exit 0 when SERVING (for
+    /// container health checks). Opens no database.
+    Health {
+        /// Probe the listener of this service as `serve --service NAME` would
+        /// bind it (default: the API port).
+        #[arg(long, value_name = "NAME", value_parser = parse_service)]
+        service: Option<ServiceName>,
+        /// Probe this address instead of the configured one.
+        #[arg(long, value_name = "ADDR")]
+        addr: Option<SocketAddr>,
+        /// A gRPC service name to check (default: the whole server).
+        #[arg(long, value_name = "NAME", default_value = "")]
+        grpc_service: String,
+        /// Seconds to wait for an answer.
+        #[arg(long, value_name = "SECS", default_value_t = 3)]
+        timeout: u64,
+    },
+    /// Apply a service's database migrations and exit (run before upgrades).
+    Migrate {
+        /// The service whose database to migrate.
+        #[arg(long, value_name = "NAME", value_parser = parse_service)]
+        service: ServiceName,
+    },
     /// Print the version.
     Version,
 }
@@ -94,6 +117,40 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Health {
+            service,
+            addr,
+            grpc_service,
+            timeout,
+        } => {
+            let settings = Settings::load(cli.config.as_deref(), std::env::vars())
+                .context("loading settings")?;
+            let mut addr = addr.unwrap_or_else(|| listen_addr(&settings, service, None));
+            if addr.ip().is_unspecified() {
+                // A server listening on every interface is probed on loopback.
+                addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+            }
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?;
+            runtime.block_on(health(
+                addr,
+                grpc_service,
+                std::time::Duration::from_secs(timeout),
+            ))
+        }
+        Command::Migrate { service } => {
+            let settings = Settings::load(cli.config.as_deref(), std::env::vars())
+                .context("loading settings")?;
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?;
+            let result = runtime.block_on(tasklab::migrate(&settings, service));
+            runtime.shutdown_timeout(std::time::Duration::from_millis(200));
+            result
+        }
         Command::Credentials { data_dir, action } => {
             let settings = Settings::load(cli.config.as_deref(), std::env::vars())
                 .context("loading settings")?;
@@ -123,6 +180,37 @@ fn main() -> anyhow::Result<()> {
             result
         }
     }
+}
+
+#[allow(clippy::print_stdout)]
+async fn health(
+    addr: SocketAddr,
+    service: String,
+    timeout: std::time::Duration,
+) -> anyhow::Result<()> {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+
+    let check = async {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+            .connect()
+            .await?;
+        let reply = HealthClient::new(channel)
+            .check(HealthCheckRequest {
+                service: service.clone(),
+            })
+            .await?
+            .into_inner();
+        anyhow::Ok(reply.status)
+    };
+    let status = tokio::time::timeout(timeout, check)
+        .await
+        .map_err(|_| anyhow::anyhow!("no health answer from {addr} within {timeout:?}"))??;
+    let name = ServingStatus::try_from(status).map_or("UNKNOWN", |s| s.as_str_name());
+    println!("{name}");
+    anyhow::ensure!(status == ServingStatus::Serving as i32, "{addr} is {name}");
+    Ok(())
 }
 
 #[allow(clippy::print_stdout)]
@@ -197,15 +285,25 @@ async fn serve(
             if name == ServiceName::Gateway {
                 ensure_first_credential(&settings)?;
             }
-            let addr = listen_addr
-                .or_else(|| settings.services.get(name).and_then(|s| s.listen_addr))
-                .unwrap_or_else(|| match name {
-                    ServiceName::Gateway => settings.api_addr,
-                    _ => tasklab::default_service_addr(name),
-                });
+            let addr = self::listen_addr(&settings, Some(name), listen_addr);
             let listener = bind(addr, name.as_str()).await?;
             tasklab::run_service(name, settings, listener, tasklab_server::shutdown_signal()).await
         }
+    }
+}
+
+/// Where `serve` listens: the API port for the embedded server and the
+/// gateway, else the service's configured or default address.
+fn listen_addr(
+    settings: &Settings,
+    service: Option<ServiceName>,
+    flag: Option<SocketAddr>,
+) -> SocketAddr {
+    match service {
+        None | Some(ServiceName::Gateway) => flag.unwrap_or(settings.api_addr),
+        Some(name) => flag
+            .or_else(|| settings.services.get(name).and_then(|s| s.listen_addr))
+            .unwrap_or_else(|| tasklab::default_service_addr(name)),
     }
 }
 

@@ -336,3 +336,83 @@ async fn http_get(addr: SocketAddr, path: &str) -> String {
     stream.read_to_string(&mut response).await.unwrap();
     response
 }
+
+#[tokio::test]
+async fn health_command_probes_a_running_server_and_migrate_prepares_a_database() {
+    let mut tasklab = Tasklab::start();
+    tasklab.wait_ready().await;
+    let out = Command::new(env!("CARGO_BIN_EXE_tasklab"))
+        .args(["health", "--addr", &tasklab.api.to_string()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "SERVING");
+    // Without --addr the address comes from settings, as `serve` binds it.
+    let out = Command::new(env!("CARGO_BIN_EXE_tasklab"))
+        .arg("health")
+        .env("TASKLAB_API_ADDR", tasklab.api.to_string())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_tasklab"))
+        .args([
+            "health",
+            "--addr",
+            &tasklab.api.to_string(),
+            "--grpc-service",
+            "tasklab.nope.v1.X",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "an unknown service must not be healthy"
+    );
+    assert!(tasklab.terminate().await.success());
+    let out = Command::new(env!("CARGO_BIN_EXE_tasklab"))
+        .args([
+            "health",
+            "--addr",
+            &tasklab.api.to_string(),
+            "--timeout",
+            "1",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "a stopped server must not be healthy"
+    );
+
+    let data = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_tasklab"))
+        .args(["migrate", "--service", "projects"])
+        .env("TASKLAB_DATA_DIR", data.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        data.path().join("projects.db").exists(),
+        "migrate created no database"
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_tasklab"))
+        .args(["migrate", "--service", "gateway"])
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "the gateway has no database to migrate"
+    );
+}
