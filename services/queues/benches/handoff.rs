@@ -1,0 +1,168 @@
+//! Enqueue → pop handoffs per second, and the latency from an enqueue to a
+//! waiting worker receiving the task (p50, p99), on the SQL backend
+//! (SQLite file) and, when `TASKLAB_TEST_REDIS_URL` is set, on Redis.
+//! Measures the domain core in-process (no gRPC hop).
+//!
+//! `cargo bench -p tasklab-queues --bench handoff`
+
+#![allow(clippy::print_stdout)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tasklab_queues::backend::LeaseTarget;
+use tasklab_queues::backend::QueueBackend;
+use tasklab_queues::backend::redis::RedisBackend;
+use tasklab_queues::backend::sql::SqlBackend;
+use tasklab_queues::migration::Migrator;
+use tasklab_queues::service::{Limits, NewQueue, PopRequest, QueueService, SystemClock, WakeHub};
+use tasklab_queues::store::Store;
+use tokio::time::Instant;
+
+const THROUGHPUT_TASKS: usize = 5_000;
+const LATENCY_SAMPLES: usize = 1_000;
+
+async fn service(backend: &str, dir: &std::path::Path) -> Option<(QueueService, String)> {
+    let url = tasklab_db::sqlite_url(&dir.join(format!("{backend}.db")));
+    let db = tasklab_db::connect_and_migrate::<Migrator>(&url)
+        .await
+        .unwrap();
+    let hub = Arc::new(WakeHub::default());
+    let b: Arc<dyn QueueBackend> = match backend {
+        "sql" => Arc::new(SqlBackend::new(db.clone()).await.unwrap()),
+        _ => {
+            let url = std::env::var("TASKLAB_TEST_REDIS_URL").ok()?;
+            let prefix = format!("tasklab-bench-{}", uuid::Uuid::new_v4().simple());
+            let r = RedisBackend::connect(&url, &prefix).await.unwrap();
+            r.spawn_wake_listener(hub.clone());
+            Arc::new(r)
+        }
+    };
+    let svc = QueueService::new(
+        Store::new(db),
+        b,
+        hub,
+        Arc::new(SystemClock),
+        Limits::default(),
+    );
+    let q = svc
+        .create_queue(NewQueue {
+            name: "bench".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .0
+        .row
+        .id;
+    Some((svc, q))
+}
+
+fn pop(q: &str) -> PopRequest {
+    PopRequest {
+        worker_id: "bench-worker".into(),
+        queue_ids: vec![q.to_owned()],
+        wait: Duration::from_secs(5),
+        ..Default::default()
+    }
+}
+
+async fn throughput(svc: &QueueService, q: &str, clients: usize) -> f64 {
+    let done = Arc::new(AtomicUsize::new(0));
+    let mut workers = Vec::new();
+    for w in 0..clients {
+        let (svc, q, done) = (svc.clone(), q.to_owned(), done.clone());
+        workers.push(tokio::spawn(async move {
+            let req = PopRequest {
+                worker_id: format!("bench-worker-{w}"),
+                wait: Duration::from_millis(200),
+                ..pop(&q)
+            };
+            while done.load(Ordering::SeqCst) < THROUGHPUT_TASKS {
+                if let Some((_, lease)) = svc.pop(req.clone()).await.unwrap() {
+                    svc.ack(&LeaseTarget::LeaseId(lease.lease_id), "")
+                        .await
+                        .unwrap();
+                    done.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        }));
+    }
+    let start = Instant::now();
+    let mut producers = Vec::new();
+    for p in 0..clients {
+        let (svc, q) = (svc.clone(), q.to_owned());
+        producers.push(tokio::spawn(async move {
+            for i in (p..THROUGHPUT_TASKS).step_by(clients) {
+                svc.add_entry(&q, &format!("tp-{clients}-{i}"), 0, false)
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    for h in producers.into_iter().chain(workers) {
+        h.await.unwrap();
+    }
+    THROUGHPUT_TASKS as f64 / start.elapsed().as_secs_f64()
+}
+
+async fn latency(svc: &QueueService, q: &str) -> (Duration, Duration) {
+    let mut samples = Vec::with_capacity(LATENCY_SAMPLES);
+    for i in 0..LATENCY_SAMPLES {
+        let waiter = {
+            let (svc, q) = (svc.clone(), q.to_owned());
+            tokio::spawn(async move {
+                let (_, lease) = svc.pop(pop(&q)).await.unwrap().expect("a task");
+                let received = Instant::now();
+                svc.ack(&LeaseTarget::LeaseId(lease.lease_id), "")
+                    .await
+                    .unwrap();
+                received
+            })
+        };
+        // Enqueue only once the worker is waiting: this measures the wake-up.
+        while svc.hub().waiting(q) == 0 {
+            tokio::task::yield_now().await;
+        }
+        let sent = Instant::now();
+        svc.add_entry(q, &format!("lat-{i}"), 0, false)
+            .await
+            .unwrap();
+        let received = waiter.await.unwrap();
+        samples.push(received.saturating_duration_since(sent));
+    }
+    samples.sort();
+    (
+        samples[samples.len() / 2],
+        samples[samples.len() * 99 / 100],
+    )
+}
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        for backend in ["sql", "redis"] {
+            let Some((svc, q)) = service(backend, dir.path()).await else {
+                println!("{backend}: SKIPPED (set TASKLAB_TEST_REDIS_URL)");
+                continue;
+            };
+            for clients in [1, 4] {
+                let rate = throughput(&svc, &q, clients).await;
+                println!(
+                    "{backend:>5}: {rate:>8.0} handoffs/s ({THROUGHPUT_TASKS} tasks, {clients} producers, {clients} workers, each pop acked)"
+                );
+            }
+            let (p50, p99) = latency(&svc, &q).await;
+            println!(
+                "{backend:>5}: enqueue -> waiting worker receives: p50 {:.3} ms, p99 {:.3} ms ({LATENCY_SAMPLES} samples)",
+                p50.as_secs_f64() * 1e3,
+                p99.as_secs_f64() * 1e3,
+            );
+        }
+    });
+}
