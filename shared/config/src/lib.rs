@@ -296,8 +296,8 @@ impl Default for QueueSettings {
     fn default() -> Self {
         QueueSettings {
             backend: QueueBackendKind::Sql,
-            lease_ttl_secs: 60,
-            worker_timeout_secs: 60,
+            lease_ttl_secs: 30,
+            worker_timeout_secs: 45,
             lost_worker_action: LostWorkerAction::Fail,
             reaper_interval_secs: 5,
         }
