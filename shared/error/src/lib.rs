@@ -84,6 +84,8 @@ error_codes! {
     EmptyBatch => "empty_batch", InvalidArgument, 400, (400, 17);
     /// A request or batch is over a documented size limit.
     TooLarge => "too_large", ResourceExhausted, 413, (413, 0);
+    /// The request body's encoding or media type is not accepted.
+    UnsupportedMediaType => "unsupported_media_type", InvalidArgument, 415, (415, 0);
     /// A list field names an ordering key the list does not support.
     InvalidOrderBy => "invalid_order_by", InvalidArgument, 400, (400, 14);
     /// A page token was not issued by this list or has expired.

@@ -19,6 +19,7 @@
 mod shutdown;
 mod timeout;
 
+use std::collections::HashSet;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -174,9 +175,12 @@ impl Server {
             .layer(tower::limit::ConcurrencyLimitLayer::new(
                 settings.concurrency_limit.max(1),
             ))
-            .layer(TimeoutLayer::new(Duration::from_secs(
-                settings.request_timeout_secs.max(1),
-            )))
+            .layer(tower::util::option_layer(grpc_enabled.then(|| {
+                TimeoutLayer::new(
+                    Duration::from_secs(settings.request_timeout_secs.max(1)),
+                    streaming_method_paths(),
+                )
+            })))
             .service(router);
 
         let local: Option<SocketAddr> = listener.local_addr().ok();
@@ -207,6 +211,32 @@ impl Server {
             }
         }
     }
+}
+
+/// `/pkg.Service/Method` of every tasklab RPC that streams requests or
+/// responses: they answer only at the end of a transfer (blob upload) or
+/// never (log tail), so the request timeout does not apply to them.
+fn streaming_method_paths() -> HashSet<String> {
+    use prost::Message as _;
+    let Ok(set) = prost_types::FileDescriptorSet::decode(tasklab_proto::FILE_DESCRIPTOR_SET) else {
+        return HashSet::new();
+    };
+    let mut paths = HashSet::new();
+    for file in &set.file {
+        for service in &file.service {
+            for method in &service.method {
+                if method.client_streaming() || method.server_streaming() {
+                    paths.insert(format!(
+                        "/{}.{}/{}",
+                        file.package(),
+                        service.name(),
+                        method.name()
+                    ));
+                }
+            }
+        }
+    }
+    paths
 }
 
 async fn set_all(reporter: &HealthReporter, names: &[&'static str], status: ServingStatus) {

@@ -1,12 +1,16 @@
 //! A request timeout that answers like the protocol it interrupts: gRPC
 //! requests get a `DEADLINE_EXCEEDED` status, plain HTTP gets `504`.
 //!
-//! The deadline covers the time until response headers; a streaming body
-//! (log tail, blob download) may run longer once it has started.
+//! The deadline covers the time until response headers. Streaming RPCs are
+//! exempt (a blob upload answers only after its last chunk; a log tail never
+//! ends), and so is a server built without a timeout (the files server,
+//! whose multi-gigabyte uploads answer at the end).
 
+use std::collections::HashSet;
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -15,15 +19,20 @@ use http::{Request, Response, StatusCode};
 use tower::{Layer, Service};
 
 /// Applies [`Timeout`] to a service.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct TimeoutLayer {
     timeout: Duration,
+    exempt: Arc<HashSet<String>>,
 }
 
 impl TimeoutLayer {
-    /// Requests slower than `timeout` are answered with a timeout error.
-    pub fn new(timeout: Duration) -> Self {
-        TimeoutLayer { timeout }
+    /// Requests slower than `timeout` are answered with a timeout error,
+    /// except requests to the paths in `exempt` (`/pkg.Service/Method`).
+    pub fn new(timeout: Duration, exempt: HashSet<String>) -> Self {
+        TimeoutLayer {
+            timeout,
+            exempt: Arc::new(exempt),
+        }
     }
 }
 
@@ -34,6 +43,7 @@ impl<S> Layer<S> for TimeoutLayer {
         Timeout {
             inner,
             timeout: self.timeout,
+            exempt: self.exempt.clone(),
         }
     }
 }
@@ -43,6 +53,7 @@ impl<S> Layer<S> for TimeoutLayer {
 pub struct Timeout<S> {
     inner: S,
     timeout: Duration,
+    exempt: Arc<HashSet<String>>,
 }
 
 fn is_grpc<B>(req: &Request<B>) -> bool {
@@ -68,7 +79,11 @@ where
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let grpc = is_grpc(&req);
         let timeout = self.timeout;
+        let exempt = self.exempt.contains(req.uri().path());
         let fut = self.inner.call(req);
+        if exempt {
+            return Box::pin(fut);
+        }
         Box::pin(async move {
             match tokio::time::timeout(timeout, fut).await {
                 Ok(result) => result,
@@ -87,5 +102,52 @@ where
                 }
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tower::ServiceExt as _;
+
+    fn slow_service()
+    -> impl Service<Request<Body>, Response = Response<Body>, Error = Infallible, Future: Send> + Clone
+    {
+        tower::service_fn(|_req: Request<Body>| async {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            Ok::<_, Infallible>(Response::new(Body::from("late")))
+        })
+    }
+
+    fn grpc_request(path: &str) -> Request<Body> {
+        Request::builder()
+            .uri(path)
+            .header(http::header::CONTENT_TYPE, "application/grpc")
+            .body(Body::empty())
+            .unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn slow_grpc_call_gets_deadline_exceeded() {
+        let svc = TimeoutLayer::new(Duration::from_secs(5), HashSet::new()).layer(slow_service());
+        let response = svc.oneshot(grpc_request("/pkg.S/Unary")).await.unwrap();
+        assert_eq!(response.headers()["grpc-status"], "4"); // DEADLINE_EXCEEDED
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn slow_http_call_gets_504() {
+        let svc = TimeoutLayer::new(Duration::from_secs(5), HashSet::new()).layer(slow_service());
+        let request = Request::builder().uri("/x").body(Body::empty()).unwrap();
+        let response = svc.oneshot(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn exempt_streaming_paths_run_past_the_deadline() {
+        let exempt = HashSet::from(["/pkg.S/Upload".to_owned()]);
+        let svc = TimeoutLayer::new(Duration::from_secs(5), exempt).layer(slow_service());
+        let response = svc.oneshot(grpc_request("/pkg.S/Upload")).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert!(response.headers().get("grpc-status").is_none());
     }
 }

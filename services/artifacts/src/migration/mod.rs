@@ -1,0 +1,23 @@
+//! Schema migrations of the artifacts service.
+//!
+//! The migration table is `seaql_migrations_artifacts`, so this service can
+//! share a PostgreSQL database with the others without colliding.
+
+use sea_orm_migration::prelude::*;
+
+mod m20250101_000001_create_tables;
+
+/// Applies the artifacts service's migrations in order.
+#[derive(Debug, Clone, Copy)]
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(m20250101_000001_create_tables::Migration)]
+    }
+
+    fn migration_table_name() -> DynIden {
+        "seaql_migrations_artifacts".into_iden()
+    }
+}
