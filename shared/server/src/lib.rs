@@ -187,11 +187,19 @@ impl Server {
         tracing::info!(addr = ?local, services = ?names, "serving");
 
         let (begin_drain, drain) = tokio::sync::oneshot::channel::<()>();
-        let serve = axum::serve(listener, axum::ServiceExt::into_make_service(app))
-            .with_graceful_shutdown(async move {
-                let _ = drain.await;
-            })
-            .into_future();
+        let serve = axum::serve(
+            // Small responses must not wait ~40 ms for a delayed ACK.
+            axum::serve::ListenerExt::tap_io(listener, |stream| {
+                if let Err(err) = stream.set_nodelay(true) {
+                    tracing::debug!(error = %err, "cannot set TCP_NODELAY");
+                }
+            }),
+            axum::ServiceExt::into_make_service(app),
+        )
+        .with_graceful_shutdown(async move {
+            let _ = drain.await;
+        })
+        .into_future();
         let mut serve = std::pin::pin!(serve);
         tokio::select! {
             result = &mut serve => return result,
