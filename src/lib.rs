@@ -16,6 +16,7 @@ use std::net::SocketAddr;
 
 use anyhow::Context as _;
 use tasklab_config::{ServiceName, Settings};
+use tasklab_gateway::{Channels, Gateway, GatewayConfig};
 use tasklab_server::Server;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -62,8 +63,25 @@ async fn with_domain_service(
     server.with_context(|| format!("starting the {name} service"))
 }
 
+/// The gateway over the given domain-service channels.
+fn gateway(settings: &Settings, channels: Channels) -> anyhow::Result<Gateway> {
+    Gateway::new(GatewayConfig::from_settings(settings), channels)
+        .map_err(|e| anyhow::anyhow!("{e}"))
+        .context("starting the gateway")
+}
+
+/// The API server: the gateway's ClearML REST router and public gRPC API.
+fn api_server(settings: &Settings, gateway: &Gateway) -> Server {
+    gateway.mount_grpc(Server::new(&settings.grpc).with_http(gateway.api_router()))
+}
+
 /// Runs every service and the gateway in this process until `shutdown`
 /// resolves.
+///
+/// The domain services listen on an internal listener bound to
+/// `127.0.0.1:0`; the gateway reaches them over gRPC channels exactly as in
+/// distributed mode. On shutdown the public listeners drain first, then the
+/// internal one, so in-flight API calls can still reach the services.
 pub async fn run_embedded(
     settings: Settings,
     api: TcpListener,
@@ -77,28 +95,64 @@ pub async fn run_embedded(
         )
     })?;
 
-    let mut api_server = Server::new(&settings.grpc).with_http(tasklab_gateway::api_router());
+    let internal = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+        .await
+        .context("cannot bind the internal service listener")?;
+    let internal_addr = internal.local_addr().context("internal listener address")?;
+    let mut domain = Server::new(&settings.grpc);
     for name in ServiceName::ALL {
-        api_server = with_domain_service(api_server, &settings, name).await?;
+        domain = with_domain_service(domain, &settings, name).await?;
     }
-    let files_server = Server::http_only(&settings.grpc, tasklab_gateway::files_router());
+    let channels =
+        Channels::all_at(&format!("http://{internal_addr}")).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let gateway = gateway(&settings, channels)?;
+    let api_server = api_server(&settings, &gateway);
+    let files_server = Server::http_only(&settings.grpc, gateway.files_router());
 
-    let token = CancellationToken::new();
-    let api_task = tokio::spawn(api_server.serve(api, token.clone().cancelled_owned()));
-    let files_task = tokio::spawn(files_server.serve(files, token.clone().cancelled_owned()));
-    tracing::info!(data_dir = %settings.data_dir.display(), "tasklab is ready");
+    let services_token = CancellationToken::new();
+    let public_token = CancellationToken::new();
+    let domain_task =
+        tokio::spawn(domain.serve(internal, services_token.clone().cancelled_owned()));
+    let api_task = tokio::spawn(api_server.serve(api, public_token.clone().cancelled_owned()));
+    let files_task =
+        tokio::spawn(files_server.serve(files, public_token.clone().cancelled_owned()));
+    let background = gateway.spawn_background(public_token.clone());
+    tracing::info!(
+        data_dir = %settings.data_dir.display(),
+        internal = %internal_addr,
+        "tasklab is ready"
+    );
 
     shutdown.await;
-    token.cancel();
-    let (api_result, files_result) = tokio::join!(api_task, files_task);
+    public_token.cancel();
+    let (api_result, files_result, _) = tokio::join!(api_task, files_task, background);
+    services_token.cancel();
+    let domain_result = domain_task.await;
     api_result
         .context("API server task")?
         .context("API server")?;
     files_result
         .context("files server task")?
         .context("files server")?;
+    domain_result
+        .context("domain services task")?
+        .context("domain services")?;
     tracing::info!("tasklab stopped");
     Ok(())
+}
+
+/// The endpoint of a domain service for the gateway in distributed mode:
+/// `services.<name>.endpoint`, else the service's default local address.
+pub fn service_endpoint(settings: &Settings, name: ServiceName) -> String {
+    settings
+        .services
+        .get(name)
+        .and_then(|s| s.endpoint.clone())
+        .unwrap_or_else(|| {
+            let url = format!("http://{}", default_service_addr(name));
+            tracing::warn!(service = %name, endpoint = %url, "no services.{name}.endpoint configured; using the default address");
+            url
+        })
 }
 
 /// Runs one service alone until `shutdown` resolves.
@@ -108,12 +162,42 @@ pub async fn run_service(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let server = match name {
-        ServiceName::Gateway => {
-            Server::new(&settings.grpc).with_http(tasklab_gateway::api_router())
-        }
-        domain => with_domain_service(Server::new(&settings.grpc), &settings, domain).await?,
-    };
+    if name == ServiceName::Gateway {
+        let endpoint = |n| service_endpoint(&settings, n);
+        let channels = Channels::lazy(
+            &endpoint(ServiceName::Tasks),
+            &endpoint(ServiceName::Projects),
+            &endpoint(ServiceName::Queues),
+            &endpoint(ServiceName::Artifacts),
+            &endpoint(ServiceName::Metrics),
+        )
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let gateway = gateway(&settings, channels)?;
+        let server = api_server(&settings, &gateway);
+        // The gateway also serves the files port (CLEARML_FILES_HOST).
+        let files = TcpListener::bind(settings.files_addr)
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot listen on {} for the files port",
+                    settings.files_addr
+                )
+            })?;
+        let files_server = Server::http_only(&settings.grpc, gateway.files_router());
+        let token = CancellationToken::new();
+        let files_task = tokio::spawn(files_server.serve(files, token.clone().cancelled_owned()));
+        let background = gateway.spawn_background(token.clone());
+        tracing::info!(service = %name, "tasklab service is ready");
+        let result = server.serve(listener, shutdown).await;
+        token.cancel();
+        let _ = background.await;
+        files_task
+            .await
+            .context("files server task")?
+            .context("files server")?;
+        return result.with_context(|| format!("{name} server"));
+    }
+    let server = with_domain_service(Server::new(&settings.grpc), &settings, name).await?;
     tracing::info!(service = %name, "tasklab service is ready");
     server
         .serve(listener, shutdown)

@@ -75,3 +75,12 @@ pub fn unknown_endpoint(endpoint: &Endpoint) -> Response {
     );
     error(endpoint, &err)
 }
+
+/// The reply to a request whose body carries a `Content-Encoding`: 415, as
+/// ClearML answers, with the same envelope as every other error.
+pub fn unsupported_media_type(endpoint: &Endpoint, message: &str) -> Response {
+    error(
+        endpoint,
+        &Error::new(ErrorCode::UnsupportedMediaType, message.to_owned()),
+    )
+}
