@@ -13,7 +13,9 @@ use std::io::Write as _;
 use futures::StreamExt as _;
 use tasklab_proto::artifacts::v1::blobs_service_client::BlobsServiceClient;
 use tasklab_proto::artifacts::v1::upload_blob_request::Part;
-use tasklab_proto::artifacts::v1::{DownloadBlobRequest, UploadBlobHeader, UploadBlobRequest};
+use tasklab_proto::artifacts::v1::{
+    DownloadBlobRequest, UploadBlobCommit, UploadBlobHeader, UploadBlobRequest,
+};
 use tasklab_server::Server;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::time::Instant;
@@ -113,9 +115,15 @@ async fn run(size: u64) {
         };
         Some((message, file))
     });
+    // The blob is committed only on the final commit message.
+    let commit = futures::stream::once(async {
+        UploadBlobRequest {
+            part: Some(Part::Commit(UploadBlobCommit {})),
+        }
+    });
     let start = Instant::now();
     let uploaded = client
-        .upload_blob(header.chain(chunks))
+        .upload_blob(header.chain(chunks).chain(commit))
         .await
         .expect("upload")
         .into_inner();

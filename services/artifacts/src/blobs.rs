@@ -8,8 +8,10 @@
 //! * Uploads stream: each chunk is hashed and handed to a multipart upload
 //!   as it arrives, so memory stays flat whatever the size (at most
 //!   [`PART_SIZE`] × ([`PART_CONCURRENCY`] + 1) per upload). The upload is
-//!   completed only when the stream ended cleanly and the size and hash
-//!   match the header; otherwise it is aborted and nothing becomes visible
+//!   completed only when the chunk stream ended cleanly (for gRPC: after
+//!   the explicit commit message, never on a bare end of stream) and the
+//!   size and hash match the header; otherwise it is aborted and nothing
+//!   becomes visible
 //!   (the local backend writes a staging file and renames it; S3 completes
 //!   the multipart upload only then).
 //! * A download reads one version: the ranged read is conditional on the

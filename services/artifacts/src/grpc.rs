@@ -621,6 +621,53 @@ fn tag_filter(filter: Option<common::TagFilter>) -> TagFilter {
 
 // ---------------------------------------------------------------- blobs
 
+/// The data of an upload stream after its header: the chunks, in order,
+/// ending cleanly only when the commit message came last. A stream that ends
+/// without the commit, a message after it, a second header or a transport
+/// error yields an error instead, so the upload is aborted and nothing is
+/// stored: the end of the request stream alone never commits, because a
+/// cancelled client can look like a clean end to the server.
+fn upload_chunks(
+    stream: Streaming<pb::UploadBlobRequest>,
+) -> impl Stream<Item = Result<Bytes>> + Send {
+    futures::stream::unfold(Some(stream), |state| async move {
+        let mut stream = state?;
+        let failed = |err: Error| Some((Err(err), None));
+        match stream.next().await {
+            Some(Ok(pb::UploadBlobRequest {
+                part: Some(Part::Chunk(data)),
+            })) => Some((Ok(Bytes::from(data)), Some(stream))),
+            Some(Ok(pb::UploadBlobRequest {
+                part: Some(Part::Commit(_)),
+            })) => match stream.next().await {
+                None => None,
+                Some(Ok(_)) => failed(
+                    Error::invalid("the commit must be the last message of an upload")
+                        .with_field("field", "commit"),
+                ),
+                Some(Err(status)) => failed(Error::from_status(&status)),
+            },
+            Some(Ok(pb::UploadBlobRequest {
+                part: Some(Part::Header(_)),
+            })) => failed(
+                Error::invalid("only the first message of an upload may be a header")
+                    .with_field("field", "header"),
+            ),
+            Some(Ok(pb::UploadBlobRequest { part: None })) => failed(
+                Error::invalid("an upload message carries no part").with_field("field", "part"),
+            ),
+            Some(Err(status)) => failed(Error::from_status(&status)),
+            None => failed(
+                Error::invalid(
+                    "the upload stream ended without a commit message; nothing was stored",
+                )
+                .with_field("field", "commit")
+                .with_field("reason", "upload_not_committed"),
+            ),
+        }
+    })
+}
+
 type ChunkStream = Pin<Box<dyn Stream<Item = Result<pb::DownloadBlobChunk, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -643,16 +690,7 @@ impl pb::blobs_service_server::BlobsService for ArtifactsGrpc {
                 );
             }
         };
-        let chunks = stream.map(|message| match message {
-            Ok(pb::UploadBlobRequest {
-                part: Some(Part::Chunk(data)),
-            }) => Ok(Bytes::from(data)),
-            Ok(_) => Err(
-                Error::invalid("only the first message of an upload may be a header")
-                    .with_field("field", "header"),
-            ),
-            Err(status) => Err(Error::from_status(&status)),
-        });
+        let chunks = Box::pin(upload_chunks(stream));
         let done = self
             .blobs
             .upload(

@@ -27,8 +27,9 @@
 //! * A blob path never escapes the storage root: `..`, `.`, absolute paths,
 //!   empty segments, backslashes and control characters are refused, never
 //!   normalised.
-//! * An upload is visible only once complete and verified; a failed or
-//!   cancelled upload leaves nothing behind.
+//! * An upload is visible only once committed (an explicit commit message
+//!   ends the stream), complete and verified; a failed or cancelled upload,
+//!   or a stream that ends without the commit, leaves nothing behind.
 //! * A file is deleted with a record (output artifact, model) only when no
 //!   other artifact or model refers to it; input artifacts never delete
 //!   their files; external URIs are reported, never touched.

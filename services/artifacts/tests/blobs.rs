@@ -107,6 +107,23 @@ async fn cancelled_upload_leaves_nothing() {
         .unwrap();
 }
 
+#[tokio::test]
+async fn uncommitted_uploads_store_nothing() {
+    let (mut svc, _db) = local().await;
+    suite::uncommitted_uploads_store_nothing(&mut svc).await;
+    // No staging file is left either: only the three committed blobs.
+    let blobs = svc.data_dir.path().join("blobs");
+    let mut left = usize::MAX;
+    for _ in 0..50 {
+        left = walk(&blobs);
+        if left == 3 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(left, 3, "staging files left behind");
+}
+
 fn walk(dir: &std::path::Path) -> usize {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return 0;

@@ -66,6 +66,14 @@ async fn s3_hash_and_size_mismatches_store_nothing() {
 }
 
 #[tokio::test]
+async fn s3_uncommitted_uploads_store_nothing() {
+    let Some((mut svc, _db)) = s3("s3_uncommitted_uploads_store_nothing").await else {
+        return;
+    };
+    suite::uncommitted_uploads_store_nothing(&mut svc).await;
+}
+
+#[tokio::test]
 async fn s3_paths_are_confined() {
     let Some((mut svc, _db)) = s3("s3_paths_are_confined").await else {
         return;

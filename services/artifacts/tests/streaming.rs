@@ -10,7 +10,7 @@ use futures::StreamExt as _;
 use sha2::{Digest as _, Sha256};
 use tasklab_db::testing::TestDb;
 use tasklab_proto::artifacts::v1::upload_blob_request::Part;
-use tasklab_proto::artifacts::v1::{DownloadBlobRequest, UploadBlobRequest};
+use tasklab_proto::artifacts::v1::{DownloadBlobRequest, UploadBlobCommit, UploadBlobRequest};
 
 const MIB: u64 = 1024 * 1024;
 /// The blob streamed up and down.
@@ -52,9 +52,14 @@ async fn large_blob_streams_with_flat_memory() {
             part: Some(Part::Chunk(data)),
         }
     });
+    let commit = futures::stream::once(async {
+        UploadBlobRequest {
+            part: Some(Part::Commit(UploadBlobCommit {})),
+        }
+    });
     let uploaded = svc
         .blobs
-        .upload_blob(header.chain(body))
+        .upload_blob(header.chain(body).chain(commit))
         .await
         .unwrap()
         .into_inner();

@@ -11,8 +11,9 @@
 //!
 //! Bytes stream in both directions: a part is forwarded to `UploadBlob` as
 //! it arrives (no body limit, no buffering of whole files), and a download
-//! is forwarded chunk by chunk. An upload whose request breaks off is
-//! cancelled, so the blob service stores nothing.
+//! is forwarded chunk by chunk. A part's upload stream ends with the
+//! explicit commit message only after the part's last byte; a part whose
+//! request breaks off never sends it, so the blob service stores nothing.
 //!
 //! Paths are percent-decoded once (URL paths only; multipart field names are
 //! taken as sent, as ClearML does) and must then satisfy the blob path
@@ -38,7 +39,7 @@ use tasklab_error::{Error, ErrorCode};
 use tasklab_proto::artifacts::v1::blobs_service_client::BlobsServiceClient;
 use tasklab_proto::artifacts::v1::upload_blob_request::Part;
 use tasklab_proto::artifacts::v1::{
-    DeleteBlobsRequest, DownloadBlobRequest, UploadBlobHeader, UploadBlobRequest,
+    DeleteBlobsRequest, DownloadBlobRequest, UploadBlobCommit, UploadBlobHeader, UploadBlobRequest,
 };
 use tonic::transport::Channel;
 
@@ -146,38 +147,20 @@ async fn upload(
     axum::Json(stored).into_response()
 }
 
-/// One message for the upload stream: a request, or the clean end.
-enum Upload {
-    Send(UploadBlobRequest),
-    End,
-}
-
 /// Streams one multipart part to `UploadBlob`, answering the rejection
-/// when it fails. The gRPC request stream ends cleanly only after the
-/// part's last byte. If the part breaks off or the handler is dropped (the
-/// client went away), the stream sends a second header instead, which the
-/// blob service refuses, aborting the upload: a cancelled gRPC call alone
-/// is not enough, as the server may see a cancelled request stream as a
-/// clean end.
+/// when it fails. The blob service commits the blob only on the explicit
+/// commit message, which is sent after the part's last byte and nowhere
+/// else. If the part breaks off or the handler is dropped (the client went
+/// away), the sender is dropped without it: the request stream ends (or is
+/// cancelled) uncommitted, and the blob service aborts the upload.
 async fn upload_part(
     files: &Files,
     path: &str,
     content_type: String,
     mut field: axum::extract::multipart::Field<'_>,
 ) -> Option<Response> {
-    let (tx, rx) = tokio::sync::mpsc::channel::<Upload>(4);
-    let poison = UploadBlobRequest {
-        part: Some(Part::Header(UploadBlobHeader::default())),
-    };
-    let body = futures::stream::unfold(Some((rx, poison)), |state| async move {
-        let (mut rx, poison) = state?;
-        match rx.recv().await {
-            Some(Upload::Send(message)) => Some((message, Some((rx, poison)))),
-            Some(Upload::End) => None,
-            // The sender vanished without finishing: make the upload fail.
-            None => Some((poison, None)),
-        }
-    });
+    let (tx, rx) = tokio::sync::mpsc::channel::<UploadBlobRequest>(4);
+    let body = tokio_stream::wrappers::ReceiverStream::new(rx);
     let mut client = files.blobs.clone();
     let call = tokio::spawn(async move { client.upload_blob(body).await });
     let header = UploadBlobRequest {
@@ -191,15 +174,13 @@ async fn upload_part(
             ..UploadBlobHeader::default()
         })),
     };
-    let chunk = |data: Bytes| {
-        Upload::Send(UploadBlobRequest {
-            part: Some(Part::Chunk(data.to_vec())),
-        })
+    let chunk = |data: Bytes| UploadBlobRequest {
+        part: Some(Part::Chunk(data.to_vec())),
     };
     let mut pending = BytesMut::new();
     // A closed channel means the call already failed; its error is read
     // below.
-    let mut open = tx.send(Upload::Send(header)).await.is_ok();
+    let mut open = tx.send(header).await.is_ok();
     while open {
         match field.chunk().await {
             Ok(Some(bytes)) => {
@@ -211,8 +192,8 @@ async fn upload_part(
             }
             Ok(None) => break,
             Err(err) => {
-                // Dropping `tx` makes the upload fail; the call ends by
-                // itself.
+                // Dropping `tx` ends the stream without the commit, so the
+                // upload is aborted; the call ends by itself.
                 return Some((StatusCode::BAD_REQUEST, err.body_text()).into_response());
             }
         }
@@ -221,7 +202,12 @@ async fn upload_part(
         open = tx.send(chunk(pending.freeze())).await.is_ok();
     }
     if open {
-        let _ = tx.send(Upload::End).await;
+        // The only place the commit is sent: every byte of the part is out.
+        let _ = tx
+            .send(UploadBlobRequest {
+                part: Some(Part::Commit(UploadBlobCommit {})),
+            })
+            .await;
     }
     drop(tx);
     match call.await {

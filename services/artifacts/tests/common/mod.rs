@@ -14,7 +14,7 @@ use tasklab_proto::artifacts::v1::blobs_service_client::BlobsServiceClient;
 use tasklab_proto::artifacts::v1::models_service_client::ModelsServiceClient;
 use tasklab_proto::artifacts::v1::upload_blob_request::Part;
 use tasklab_proto::artifacts::v1::{
-    DownloadBlobRequest, UploadBlobHeader, UploadBlobRequest, UploadBlobResponse,
+    DownloadBlobRequest, UploadBlobCommit, UploadBlobHeader, UploadBlobRequest, UploadBlobResponse,
 };
 use tasklab_server::Server;
 use tasklab_testkit::Running;
@@ -133,17 +133,25 @@ pub async fn upload_generated(
         ))
     });
     client
-        .upload_blob(first.chain(chunks))
+        .upload_blob(
+            first
+                .chain(chunks)
+                .chain(futures::stream::once(async { commit() })),
+        )
         .await
         .map(|r| r.into_inner())
 }
 
-/// Uploads `data` in chunks of at most 1 MiB.
-pub async fn upload_bytes(
-    client: &mut BlobsServiceClient<Channel>,
-    header: UploadBlobHeader,
-    data: &[u8],
-) -> Result<UploadBlobResponse, tonic::Status> {
+/// The final message of an upload: without it nothing is stored.
+pub fn commit() -> UploadBlobRequest {
+    UploadBlobRequest {
+        part: Some(Part::Commit(UploadBlobCommit {})),
+    }
+}
+
+/// The messages of an upload of `data` (header, chunks of at most 1 MiB),
+/// without the commit.
+pub fn upload_messages(header: UploadBlobHeader, data: &[u8]) -> Vec<UploadBlobRequest> {
     let mut messages = vec![UploadBlobRequest {
         part: Some(Part::Header(header)),
     }];
@@ -152,6 +160,17 @@ pub async fn upload_bytes(
             part: Some(Part::Chunk(piece.to_vec())),
         });
     }
+    messages
+}
+
+/// Uploads `data` in chunks of at most 1 MiB.
+pub async fn upload_bytes(
+    client: &mut BlobsServiceClient<Channel>,
+    header: UploadBlobHeader,
+    data: &[u8],
+) -> Result<UploadBlobResponse, tonic::Status> {
+    let mut messages = upload_messages(header, data);
+    messages.push(commit());
     client
         .upload_blob(futures::stream::iter(messages))
         .await

@@ -8,8 +8,8 @@ use tasklab_proto::artifacts::v1::*;
 use tasklab_proto::common::v1::PageRequest;
 
 use super::{
-    FILES_URL, Service, code, content_chunk, content_sha256, download, download_range, header,
-    upload_bytes, upload_generated,
+    FILES_URL, Service, code, commit, content_chunk, content_sha256, download, download_range,
+    header, upload_bytes, upload_generated, upload_messages,
 };
 
 pub async fn round_trip(svc: &mut Service) {
@@ -566,4 +566,159 @@ pub async fn reset_and_delete_clean_up_blobs(svc: &mut Service) {
         "the input artifact of t"
     );
     assert!(exists(svc, "t/shared.bin").await);
+}
+
+/// Paths of every blob under `prefix`.
+async fn listed(svc: &mut Service, prefix: &str) -> Vec<String> {
+    svc.blobs
+        .list_blobs(ListBlobsRequest {
+            prefix: prefix.to_owned(),
+            ..ListBlobsRequest::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .blobs
+        .into_iter()
+        .map(|b| b.path)
+        .collect()
+}
+
+/// An upload is committed only by its final commit message: a stream that
+/// ends without it, or a client that goes away midway, stores nothing and
+/// leaves an existing blob untouched; with the commit, uploads work.
+pub async fn uncommitted_uploads_store_nothing(svc: &mut Service) {
+    let uncommitted = |err: &tonic::Status| {
+        let err = tasklab_error::Error::from_status(err);
+        assert_eq!(err.code(), ErrorCode::InvalidArgument, "{err:?}");
+        assert_eq!(
+            err.fields().get("reason").map(String::as_str),
+            Some("upload_not_committed"),
+            "{err:?}"
+        );
+        assert_eq!(
+            err.fields().get("field").map(String::as_str),
+            Some("commit")
+        );
+    };
+
+    // A stream that ends cleanly after its data but without the commit.
+    let messages = upload_messages(header("u/data.bin"), &content_chunk(5, 0, 3 << 20));
+    let err = svc
+        .blobs
+        .upload_blob(futures::stream::iter(messages))
+        .await
+        .unwrap_err();
+    uncommitted(&err);
+    // The header alone: the truncated 0-byte blob of the original bug.
+    let messages = upload_messages(header("u/empty.bin"), b"");
+    let err = svc
+        .blobs
+        .upload_blob(futures::stream::iter(messages))
+        .await
+        .unwrap_err();
+    uncommitted(&err);
+    assert_eq!(listed(svc, "u/").await, Vec::<String>::new());
+    for path in ["u/data.bin", "u/empty.bin"] {
+        let err = download(&mut svc.blobs, path).await.unwrap_err();
+        assert_eq!(code(&err), ErrorCode::BlobNotFound, "{path}");
+    }
+
+    // An uncommitted replacement leaves the old blob as it was.
+    upload_bytes(&mut svc.blobs, header("u/kept.txt"), b"old")
+        .await
+        .unwrap();
+    let messages = upload_messages(header("u/kept.txt"), b"new but never committed");
+    let err = svc
+        .blobs
+        .upload_blob(futures::stream::iter(messages))
+        .await
+        .unwrap_err();
+    uncommitted(&err);
+    assert_eq!(
+        download(&mut svc.blobs, "u/kept.txt").await.unwrap(),
+        b"old"
+    );
+
+    // Nothing may follow the commit.
+    let mut messages = upload_messages(header("u/after.bin"), b"data");
+    messages.push(commit());
+    messages.push(UploadBlobRequest {
+        part: Some(upload_blob_request::Part::Chunk(b"more".to_vec())),
+    });
+    let err = svc
+        .blobs
+        .upload_blob(futures::stream::iter(messages))
+        .await
+        .unwrap_err();
+    assert_eq!(code(&err), ErrorCode::InvalidArgument);
+    // Nor may a message carry no part.
+    let mut messages = upload_messages(header("u/after.bin"), b"data");
+    messages.push(UploadBlobRequest { part: None });
+    messages.push(commit());
+    let err = svc
+        .blobs
+        .upload_blob(futures::stream::iter(messages))
+        .await
+        .unwrap_err();
+    assert_eq!(code(&err), ErrorCode::InvalidArgument);
+
+    // A client that drops the call midway, after some data.
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let mut client = svc.blobs.clone();
+    let call = tokio::spawn(async move {
+        client
+            .upload_blob(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+    });
+    for message in upload_messages(header("u/dropped.bin"), &content_chunk(6, 0, 2 << 20)) {
+        tx.send(message).await.unwrap();
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    call.abort();
+    drop(tx);
+    let _ = call.await;
+    // A client whose sender gives up midway: the request stream ends
+    // without the commit.
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let mut client = svc.blobs.clone();
+    let call = tokio::spawn(async move {
+        client
+            .upload_blob(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+    });
+    for message in upload_messages(header("u/gave-up.bin"), &content_chunk(7, 0, 1 << 20)) {
+        tx.send(message).await.unwrap();
+    }
+    drop(tx);
+    uncommitted(&call.await.unwrap().unwrap_err());
+    // Give the server time to act on the dropped call.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(listed(svc, "u/").await, vec!["u/kept.txt"]);
+    for path in ["u/after.bin", "u/dropped.bin", "u/gave-up.bin"] {
+        let err = download(&mut svc.blobs, path).await.unwrap_err();
+        assert_eq!(code(&err), ErrorCode::BlobNotFound, "{path}");
+    }
+
+    // With the commit, uploads work, empty ones included.
+    let size = 3 * 1024 * 1024 + 5;
+    let res = upload_generated(&mut svc.blobs, header("u/data.bin"), 5, size, 1 << 20)
+        .await
+        .unwrap();
+    assert_eq!(res.size, size);
+    assert_eq!(res.sha256, content_sha256(5, size));
+    let mut messages = upload_messages(header("u/empty.bin"), b"");
+    messages.push(commit());
+    let res = svc
+        .blobs
+        .upload_blob(futures::stream::iter(messages))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(res.size, 0);
+    assert_eq!(download(&mut svc.blobs, "u/empty.bin").await.unwrap(), b"");
+    assert_eq!(
+        listed(svc, "u/").await,
+        vec!["u/data.bin", "u/empty.bin", "u/kept.txt"]
+    );
 }
