@@ -61,6 +61,9 @@ pub struct GatewayConfig {
     pub max_body_bytes: usize,
     /// Queue and worker behaviour (reconciler interval, lost-worker action).
     pub queues: QueueSettings,
+    /// Redis holding the background loop's lease (several gateway
+    /// replicas); without it the loop runs unleased (one process).
+    pub redis_url: Option<String>,
 }
 
 impl GatewayConfig {
@@ -72,6 +75,7 @@ impl GatewayConfig {
             token_ttl_secs: settings.auth.token_ttl_secs,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             queues: settings.queues.clone(),
+            redis_url: settings.redis_url.clone(),
         }
     }
 }
@@ -147,7 +151,8 @@ impl Gateway {
     }
 
     /// Starts the background reconciler (queued tasks vs queue entries, lost
-    /// workers) until `shutdown` is cancelled.
+    /// workers) until `shutdown` is cancelled. With `redis_url` it runs only
+    /// while this replica holds the Redis lease `tasklab:lease:gateway-reconciler`.
     pub fn spawn_background(&self, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
         tokio::spawn(reconcile::run(self.inner.clone(), shutdown))
     }

@@ -15,11 +15,17 @@
 //!
 //! A pass that fails is logged and retried at the next tick; a service
 //! that answers UNIMPLEMENTED is skipped quietly.
+//!
+//! With `redis_url` set (deployed, several replicas) a pass runs only on the
+//! replica holding the Redis lease [`LEASE_KEY`] (ttl 3 × the interval,
+//! renewed every interval by [`Leadership::spawn`], released on shutdown);
+//! without it (embedded, one process) the loop runs unleased.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tasklab_config::LostWorkerAction;
+use tasklab_db::lease::{Leadership, RedisLease, holder_id};
 use tasklab_error::{ErrorCode, Result};
 use tasklab_proto::common::v1::PageRequest;
 use tasklab_proto::queues::v1 as qpb;
@@ -32,15 +38,43 @@ use crate::http::convert::to_chrono;
 /// The user id the reconciler acts as.
 const SYSTEM_USER: &str = "tasklab-reconciler";
 
+/// The Redis key of the background loop's lease.
+pub(crate) const LEASE_KEY: &str = "tasklab:lease:gateway-reconciler";
+
 pub(crate) async fn run(inner: Arc<Inner>, shutdown: CancellationToken) {
     let interval = Duration::from_secs(inner.config.queues.reaper_interval_secs.max(1));
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut epoch = String::new();
+    // `None` until the Redis lease is connected (retried every tick).
+    let mut leader: Option<(Leadership, Option<tokio::task::JoinHandle<()>>)> =
+        match &inner.config.redis_url {
+            None => Some((Leadership::unleased(), None)),
+            Some(_) => None,
+        };
+    let holder = holder_id();
     loop {
         tokio::select! {
-            () = shutdown.cancelled() => return,
+            () = shutdown.cancelled() => break,
             _ = ticker.tick() => {}
+        }
+        if leader.is_none()
+            && let Some(url) = &inner.config.redis_url
+        {
+            match RedisLease::connect(url, LEASE_KEY, &holder, interval * 3).await {
+                Ok(lease) => {
+                    let (l, keeper) = Leadership::spawn(Arc::new(lease));
+                    // Give the keeper its first acquire before deciding.
+                    l.renew().await;
+                    leader = Some((l, Some(keeper)));
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "cannot reach Redis for the reconciler lease; retrying next tick");
+                }
+            }
+        }
+        if !leader.as_ref().is_some_and(|(l, _)| l.is_leader()) {
+            continue;
         }
         match reconcile_entries(&inner, &epoch).await {
             Ok(Some(e)) => epoch = e,
@@ -50,6 +84,12 @@ pub(crate) async fn run(inner: Arc<Inner>, shutdown: CancellationToken) {
         if let Err(e) = reap_lost_workers(&inner).await {
             log_failure("lost-worker reaper", &e);
         }
+    }
+    if let Some((l, keeper)) = leader {
+        if let Some(keeper) = keeper {
+            keeper.abort();
+        }
+        l.release().await;
     }
 }
 

@@ -1,7 +1,11 @@
 //! Enqueue → pop handoffs per second, and the latency from an enqueue to a
 //! waiting worker receiving the task (p50, p99), on the SQL backend
 //! (SQLite file) and, when `TASKLAB_TEST_REDIS_URL` is set, on Redis.
-//! Measures the domain core in-process (no gRPC hop).
+//! Measures the domain core in-process (no gRPC hop), then the same latency
+//! through the real gRPC surface for the SQL backend: a client calls
+//! `PopEntry` (waiting) and another `AddEntry` on a server on loopback; the
+//! time runs from sending the `AddEntry` to the `PopEntry` response
+//! arriving.
 //!
 //! `cargo bench -p tasklab-queues --bench handoff`
 
@@ -139,6 +143,100 @@ async fn latency(svc: &QueueService, q: &str) -> (Duration, Duration) {
     )
 }
 
+/// Enqueue → waiting worker receives, through gRPC on loopback.
+async fn grpc_latency(dir: &std::path::Path) -> (Duration, Duration) {
+    use tasklab_proto::queues::v1 as pb;
+    use tasklab_proto::queues::v1::queues_service_client::QueuesServiceClient;
+
+    let url = tasklab_db::sqlite_url(&dir.join("grpc.db"));
+    let server = tasklab_queues::mount(
+        tasklab_server::Server::new(&tasklab_testkit::test_grpc_settings()),
+        &tasklab_config::Settings::default(),
+        &url,
+    )
+    .await
+    .unwrap();
+    let running = tasklab_testkit::spawn(server).await;
+    let mut admin = QueuesServiceClient::new(running.channel().await);
+    let q = admin
+        .create_queue(pb::CreateQueueRequest {
+            name: "bench".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .queue
+        .unwrap()
+        .id;
+    let mut producer = QueuesServiceClient::new(running.channel().await);
+    let worker_channel = running.channel().await;
+    let mut samples = Vec::with_capacity(LATENCY_SAMPLES);
+    for i in 0..LATENCY_SAMPLES {
+        let waiter = {
+            let mut worker = QueuesServiceClient::new(worker_channel.clone());
+            let q = q.clone();
+            tokio::spawn(async move {
+                let popped = worker
+                    .pop_entry(pb::PopEntryRequest {
+                        worker_id: "bench-worker".into(),
+                        queue_ids: vec![q],
+                        wait_timeout: Some(prost_types::Duration {
+                            seconds: 5,
+                            nanos: 0,
+                        }),
+                        ..Default::default()
+                    })
+                    .await
+                    .unwrap()
+                    .into_inner();
+                let received = Instant::now();
+                let lease = popped.lease.expect("a task");
+                worker
+                    .ack_lease(pb::AckLeaseRequest {
+                        target: Some(pb::ack_lease_request::Target::LeaseId(lease.lease_id)),
+                        worker_id: "bench-worker".into(),
+                    })
+                    .await
+                    .unwrap();
+                received
+            })
+        };
+        // Enqueue only once the pop is waiting on the server.
+        loop {
+            let m = admin
+                .get_queue_metrics(pb::GetQueueMetricsRequest {
+                    queue_ids: vec![q.clone()],
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            if m.queues.first().is_some_and(|m| m.waiting_workers > 0) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_micros(200)).await;
+        }
+        let sent = Instant::now();
+        producer
+            .add_entry(pb::AddEntryRequest {
+                queue_id: q.clone(),
+                task_id: format!("grpc-{i}"),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let received = waiter.await.unwrap();
+        samples.push(received.saturating_duration_since(sent));
+    }
+    running.stop().await.ok();
+    samples.sort();
+    (
+        samples[samples.len() / 2],
+        samples[samples.len() * 99 / 100],
+    )
+}
+
 fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -164,5 +262,11 @@ fn main() {
                 p99.as_secs_f64() * 1e3,
             );
         }
+        let (p50, p99) = grpc_latency(dir.path()).await;
+        println!(
+            "  sql: gRPC on loopback, AddEntry sent -> waiting PopEntry answered: p50 {:.3} ms, p99 {:.3} ms ({LATENCY_SAMPLES} samples)",
+            p50.as_secs_f64() * 1e3,
+            p99.as_secs_f64() * 1e3,
+        );
     });
 }

@@ -33,10 +33,12 @@
 //! * Order: priority descending, then rank ascending (FIFO within a band).
 //! * Delivery is at least once: a popped entry is leased; the reaper (started
 //!   by [`mount`], every `queues.reaper_interval_secs`) returns every expired
-//!   lease to the front of its band. On several replicas each reaper runs
-//!   independently: each expired lease is returned by one atomic backend call
-//!   (a Lua script or a transaction that re-reads the lease), so a second
-//!   reaper finds nothing to do.
+//!   lease to the front of its band. On several replicas only the holder of
+//!   the `queues-reaper` lease (a row of `tasklab_leases` in the service's
+//!   database, [`tasklab_db::lease`]) reaps; should two overlap during a
+//!   takeover, each expired lease is returned by one atomic backend call
+//!   (a Lua script or a transaction that re-reads the lease), so the second
+//!   finds nothing to do.
 //! * An acknowledged enqueue is never lost: the gateway's reconciler calls
 //!   `StartReconciliation` / `ReconcileEntries`; every mutation records the
 //!   task's change sequence number, and each reconciliation step is applied
@@ -112,15 +114,22 @@ pub async fn build(
     ))
 }
 
-/// Runs `service.reap_once()` every `interval` for as long as the runtime
-/// lives (abort the returned handle to stop it earlier). Failures are logged
-/// and the next tick tries again.
-pub fn spawn_reaper(service: QueueService, interval: Duration) -> tokio::task::JoinHandle<()> {
+/// Runs `service.reap_once()` every `interval`, on ticks where `leader` holds
+/// its lease, for as long as the runtime lives (abort the returned handle to
+/// stop it earlier). Failures are logged and the next tick tries again.
+pub fn spawn_reaper(
+    service: QueueService,
+    interval: Duration,
+    leader: tasklab_db::lease::Leadership,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(interval.max(Duration::from_millis(100)));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
+            if !leader.is_leader() {
+                continue;
+            }
             if let Err(err) = service.reap_once().await {
                 err.log();
             }
@@ -141,10 +150,19 @@ pub async fn mount(
     database_url: &str,
 ) -> Result<tasklab_server::Server, Error> {
     let service = build(settings, database_url, Arc::new(SystemClock)).await?;
-    spawn_reaper(
-        service.clone(),
-        Duration::from_secs(settings.queues.reaper_interval_secs.max(1)),
-    );
+    let interval = Duration::from_secs(settings.queues.reaper_interval_secs.max(1));
+    let lease = tasklab_db::lease::SqlLease::new(
+        tasklab_db::connect(database_url)
+            .await
+            .map_err(|e| Error::unavailable("queues database", e))?,
+        "queues-reaper",
+        &tasklab_db::lease::holder_id(),
+        interval * 3,
+    )
+    .await
+    .map_err(|e| Error::unavailable("queues database", e))?;
+    let (leader, _keeper) = tasklab_db::lease::Leadership::spawn(Arc::new(lease));
+    spawn_reaper(service.clone(), interval, leader);
     let grpc = grpc::QueuesGrpc::new(service);
     Ok(server
         .add_service(QueuesServiceServer::new(grpc.clone()))

@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -639,6 +639,30 @@ struct Inner {
     rotation: Mutex<HashMap<String, String>>,
     touched: Mutex<HashMap<String, DateTime<Utc>>>,
     seq_marks: Mutex<Vec<(DateTime<Utc>, u64)>>,
+    notes: Notes,
+}
+
+/// (task, queue, when acknowledged).
+type Note = (String, String, DateTime<Utc>);
+
+/// Current tasks of workers, from acknowledgements, not yet in the store
+/// (backends that do not record them in the acknowledgement itself).
+///
+/// An acknowledgement only queues its note here and a background flush
+/// writes them, the latest per worker, so the store's round trip is off
+/// the hot path. Every read or write of workers in this process flushes
+/// first, so this process always reads its own notes; another replica sees
+/// a note once the flush ran (milliseconds). A note is informational (the
+/// worker's heartbeats report the current task too): one lost to a crash
+/// before its flush is corrected by the next heartbeat.
+#[derive(Debug, Default)]
+struct Notes {
+    /// Worker → its latest note.
+    pending: Mutex<HashMap<String, Note>>,
+    /// Held while flushing, so a reader waits for a flush in progress.
+    flushing: tokio::sync::Mutex<()>,
+    /// A flush task is scheduled.
+    scheduled: AtomicBool,
 }
 
 const MAX_PAGE: u32 = 1000;
@@ -819,6 +843,7 @@ impl QueueService {
                 rotation: Mutex::new(HashMap::new()),
                 touched: Mutex::new(HashMap::new()),
                 seq_marks: Mutex::new(Vec::new()),
+                notes: Notes::default(),
             }),
         }
     }
@@ -911,6 +936,7 @@ impl QueueService {
             }
             Err(err) => return Err(err),
         }
+        self.backend().create_queue(&row.id).await?;
         tracing::info!(queue_id = %row.id, name = %row.name, "queue created");
         Ok((self.with_counts(row).await?, true))
     }
@@ -1059,25 +1085,61 @@ impl QueueService {
         replace_existing: bool,
     ) -> Result<Added> {
         check_task(task_id)?;
-        let row = self.queue_row(queue_id).await?;
-        let added = self
-            .backend()
-            .add(
-                &row.id,
-                task_id,
-                priority,
-                replace_existing,
-                self.inner.limits.max_entries,
-                self.now(),
-            )
-            .await?;
+        if queue_id.is_empty() {
+            return Err(errors::invalid("queue_id", "a queue id is required"));
+        }
+        // No look-up first: the backend checks that the queue exists
+        // atomically with the insert.
+        let mut recovered = false;
+        let added = loop {
+            let res = self
+                .backend()
+                .add(
+                    queue_id,
+                    task_id,
+                    priority,
+                    replace_existing,
+                    self.inner.limits.max_entries,
+                    self.now(),
+                )
+                .await;
+            match res {
+                Err(err) if !recovered => {
+                    self.recover_queues(&[queue_id.to_owned()], err).await?;
+                    recovered = true;
+                }
+                res => break res?,
+            }
+        };
         if added.created {
             if let Some(prev) = &added.previous_queue_id {
                 self.touch(prev);
             }
-            self.pushed(&row.id);
+            self.pushed(queue_id);
         }
         Ok(added)
+    }
+
+    /// After the backend reported `queue_not_found` (`err`) for one of
+    /// `queues`: the error for the first of them missing from SQL, or, when
+    /// all are there (the backend lost its record of one, e.g. Redis after
+    /// a restart), `Ok` once the backend recorded them again, so the caller
+    /// retries once.
+    async fn recover_queues(&self, queues: &[String], err: Error) -> Result<()> {
+        if reason(&err) != "queue_not_found" {
+            return Err(err);
+        }
+        for q in queues {
+            if self.inner.store.queue(q).await?.is_none() {
+                return Err(errors::queue_not_found(q));
+            }
+        }
+        for q in queues {
+            if !self.backend().ensure_queue(q).await? {
+                return Err(err);
+            }
+        }
+        Ok(())
     }
 
     /// Removes a task from its queue.
@@ -1200,9 +1262,11 @@ impl QueueService {
             check_worker(&req.worker_id)?;
         }
         let lease = self.lease_duration(req.lease)?;
-        for q in &req.queue_ids {
-            self.queue_row(q).await?;
+        if req.queue_ids.iter().any(String::is_empty) {
+            return Err(errors::invalid("queue_id", "a queue id is required"));
         }
+        // The backend checks that every queue exists, in the pop itself.
+        let mut recovered = false;
         let mut order = req.queue_ids.clone();
         if req.order == PopOrder::RoundRobin && !req.worker_id.is_empty() {
             let last = {
@@ -1230,11 +1294,19 @@ impl QueueService {
             for n in &mut notified {
                 n.as_mut().enable();
             }
-            if let Some((entry, l)) = self
+            let popped = match self
                 .backend()
                 .pop(&order, &req.worker_id, lease, self.now())
-                .await?
+                .await
             {
+                Err(err) if !recovered => {
+                    self.recover_queues(&order, err).await?;
+                    recovered = true;
+                    continue;
+                }
+                res => res?,
+            };
+            if let Some((entry, l)) = popped {
                 if let Some(i) = woken_by
                     && order[i] != entry.queue_id
                 {
@@ -1276,21 +1348,56 @@ impl QueueService {
         match &acked {
             Acked::Acknowledged(lease) => {
                 self.touch(&lease.queue_id);
-                if !lease.worker_id.is_empty()
-                    && let Some(mut w) = self.inner.store.worker(&lease.worker_id).await?
-                {
-                    if w.current_task_id != lease.task_id {
-                        w.current_task_since = Some(now);
-                    }
-                    w.current_task_id = lease.task_id.clone();
-                    w.current_queue_id = lease.queue_id.clone();
-                    self.inner.store.put_worker(&w).await?;
+                if !lease.worker_id.is_empty() && !self.backend().notes_current_task() {
+                    self.note_current_task(lease, now);
                 }
             }
             Acked::Reclaimed(entry) => self.touch(&entry.queue_id),
             Acked::NoLease => {}
         }
         Ok(acked)
+    }
+
+    /// Queues a worker's current-task note and schedules a flush.
+    fn note_current_task(&self, lease: &Lease, now: DateTime<Utc>) {
+        let notes = &self.inner.notes;
+        notes
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(
+                lease.worker_id.clone(),
+                (lease.task_id.clone(), lease.queue_id.clone(), now),
+            );
+        if !notes.scheduled.swap(true, Ordering::SeqCst) {
+            let svc = self.clone();
+            tokio::spawn(async move {
+                svc.inner.notes.scheduled.store(false, Ordering::SeqCst);
+                if let Err(err) = svc.flush_notes().await {
+                    err.log();
+                }
+            });
+        }
+    }
+
+    /// Writes every queued current-task note to the store (waiting for a
+    /// flush in progress first).
+    async fn flush_notes(&self) -> Result<()> {
+        let notes = &self.inner.notes;
+        let _turn = notes.flushing.lock().await;
+        let batch = std::mem::take(&mut *notes.pending.lock().unwrap_or_else(|e| e.into_inner()));
+        let mut first_err = None;
+        for (worker, (task, queue, at)) in batch {
+            if let Err(err) = self
+                .inner
+                .store
+                .note_current_task(&worker, &task, &queue, at)
+                .await
+            {
+                first_err.get_or_insert(err);
+            }
+        }
+        first_err.map_or(Ok(()), Err)
     }
 
     /// Releases a lease.
@@ -1379,6 +1486,7 @@ impl QueueService {
         }
         let retention = chrono::Duration::from_std(self.inner.limits.expired_worker_retention)
             .unwrap_or_default();
+        self.flush_notes().await?;
         for w in self.inner.store.workers().await? {
             if w.last_seen + chrono::Duration::from_std(w.timeout).unwrap_or_default() + retention
                 < now
@@ -1754,6 +1862,7 @@ impl QueueService {
         let timeout = self.worker_timeout(reg.timeout)?;
         let tags = dedupe(reg.tags, "tags")?;
         let now = self.now();
+        self.flush_notes().await?;
         let existing = self.inner.store.worker(&reg.worker_id).await?;
         let created = existing.is_none();
         let row = match existing {
@@ -1798,6 +1907,7 @@ impl QueueService {
             return Err(errors::invalid("reason", "a reason is at most 1 KiB"));
         }
         let now = self.now();
+        self.flush_notes().await?;
         let Some(row) = self.inner.store.worker(worker_id).await? else {
             return Ok(Unregistered {
                 worker: None,
@@ -1842,6 +1952,7 @@ impl QueueService {
             check_task(&hb.current_task_id)?;
         }
         let now = self.now();
+        self.flush_notes().await?;
         let (mut row, auto_registered, revived) =
             match self.inner.store.worker(&hb.worker_id).await? {
                 Some(w) => {
@@ -1909,6 +2020,7 @@ impl QueueService {
     /// One worker.
     pub async fn get_worker(&self, worker_id: &str) -> Result<Worker> {
         check_worker(worker_id)?;
+        self.flush_notes().await?;
         let row = self
             .inner
             .store
@@ -1926,6 +2038,7 @@ impl QueueService {
         }
         offset_of(&query.page)?;
         let now = self.now();
+        self.flush_notes().await?;
         let leases = self.backend().leases().await?;
         let mut out: Vec<Worker> = self
             .inner
@@ -1973,6 +2086,7 @@ impl QueueService {
     ) -> Result<Page<Worker>> {
         offset_of(page)?;
         let now = self.now();
+        self.flush_notes().await?;
         let leases = self.backend().leases().await?;
         let mut out: Vec<Worker> = self
             .inner

@@ -9,7 +9,8 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use sea_orm::sea_query::OnConflict;
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, Set,
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter,
+    QueryOrder, Set, Statement,
 };
 use tasklab_error::Result;
 
@@ -277,6 +278,34 @@ impl Store {
                     .to_owned(),
             )
             .exec_without_returning(&self.db)
+            .await
+            .map_err(errors::db)?;
+        Ok(())
+    }
+
+    /// Records `task_id` of `queue_id` as the current task of a registered
+    /// worker (its `since` moves to `now` when the task changes); nothing
+    /// when the worker is not registered. One statement, no read.
+    pub async fn note_current_task(
+        &self,
+        worker_id: &str,
+        task_id: &str,
+        queue_id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        self.db
+            .execute_raw(Statement::from_sql_and_values(
+                self.db.get_database_backend(),
+                "UPDATE workers SET current_task_since_ms = CASE WHEN current_task_id = $2 \
+                 THEN current_task_since_ms ELSE $4 END, current_task_id = $2, \
+                 current_queue_id = $3 WHERE id = $1",
+                [
+                    worker_id.into(),
+                    task_id.into(),
+                    queue_id.into(),
+                    millis(now).into(),
+                ],
+            ))
             .await
             .map_err(errors::db)?;
         Ok(())

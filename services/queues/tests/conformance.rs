@@ -1117,6 +1117,147 @@ async fn rebuild_keeps_fifo_by_enqueue_time(fx: Fx) {
     assert_eq!(first.added, t0 - chrono::Duration::seconds(20));
 }
 
+/// The per-queue counts (the SQL backend's trigger-kept counters, Redis's
+/// set sizes) agree with the entries actually listed, after many clients
+/// mixed adds, replacing adds across queues, pops, acks, releases, removes,
+/// moves and priority changes concurrently.
+/// Accepts a refusal of the contract (it carries a reason), not a failure.
+fn refused<T>(res: Result<T, Error>) {
+    if let Err(err) = res {
+        assert!(!reason(&err).is_empty(), "{err:?}");
+    }
+}
+
+async fn counters_stay_consistent(fx: Fx) {
+    let queues = [queue(&fx, "a").await, queue(&fx, "b").await];
+    let mut clients = Vec::new();
+    for c in 0..6u64 {
+        let (svc, queues) = (fx.svc.clone(), queues.clone());
+        clients.push(tokio::spawn(async move {
+            let mut x = 0x9e37_79b9_7f4a_7c15_u64 ^ (c + 1);
+            let mut next = move || {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x
+            };
+            let worker = format!("w{c}");
+            for _ in 0..40 {
+                let r = next();
+                let task = format!("t{}", r % 24);
+                let q = &queues[(r >> 8) as usize % 2];
+                let priority = ((r >> 16) % 3) as i32;
+                // Refusals (not queued, leased, queued elsewhere) are part
+                // of the mix; they must change nothing.
+                match (r >> 24) % 8 {
+                    0 | 1 => refused(svc.add_entry(q, &task, priority, false).await),
+                    2 => refused(svc.add_entry(q, &task, priority, true).await),
+                    3 => {
+                        let popped = svc
+                            .pop(PopRequest {
+                                worker_id: worker.clone(),
+                                queue_ids: queues.to_vec(),
+                                ..Default::default()
+                            })
+                            .await
+                            .unwrap();
+                        if let Some((_, lease)) = popped {
+                            let target = LeaseTarget::LeaseId(lease.lease_id);
+                            // Another client may have taken the task meanwhile.
+                            match (r >> 32) % 4 {
+                                0 => refused(svc.ack(&target, &worker).await),
+                                1 => refused(
+                                    svc.release(&target, &worker, Disposition::Front, "").await,
+                                ),
+                                2 => refused(
+                                    svc.release(&target, &worker, Disposition::Discard, "")
+                                        .await,
+                                ),
+                                _ => {} // keep the lease
+                            }
+                        }
+                    }
+                    4 => refused(svc.remove_entry(&task, "").await),
+                    5 => refused(svc.move_entry(&task, "", Some(Move::ToFront)).await),
+                    6 => refused(svc.set_entry_priority(&task, priority).await),
+                    _ => refused(svc.ack(&LeaseTarget::TaskId(task.clone()), "").await),
+                }
+            }
+        }));
+    }
+    for c in clients {
+        c.await.unwrap();
+    }
+    let leases = fx.backend.leases().await.unwrap();
+    let mut seen = std::collections::HashSet::new();
+    for q in &queues {
+        let (waiting, leased) = fx.svc.queue_length(q).await.unwrap();
+        let listed = fx
+            .svc
+            .list_entries(
+                q,
+                &PageQuery {
+                    size: 1000,
+                    ..Default::default()
+                },
+                true,
+            )
+            .await
+            .unwrap()
+            .items;
+        let positions: Vec<Option<u32>> = listed.iter().map(|e| e.position).collect();
+        let expected: Vec<Option<u32>> = (0..waiting)
+            .map(Some)
+            .chain((0..leased).map(|_| None))
+            .collect();
+        assert_eq!(positions, expected, "queue {q}: {listed:?}");
+        assert_eq!(
+            leases.iter().filter(|l| l.queue_id == *q).count(),
+            leased as usize
+        );
+        let got = fx.svc.get_queue(q).await.unwrap();
+        assert_eq!((got.entry_count, got.leased_count), (waiting, leased));
+        for e in &listed {
+            assert!(seen.insert(e.task_id.clone()), "{} twice", e.task_id);
+            let found = fx.svc.find_task_queue(&e.task_id).await.unwrap().unwrap();
+            assert_eq!((&found.queue_id, found.position), (q, e.position));
+        }
+        // An add at the back of the lowest band reports the queue length.
+        let added = fx
+            .svc
+            .add_entry(q, &format!("last-{q}"), -1, false)
+            .await
+            .unwrap();
+        assert_eq!(added.entry.position, Some(waiting));
+    }
+    // Deleting a queue leaves nothing behind in its counts.
+    fx.svc.delete_queue(&queues[1], true).await.unwrap();
+    let again = queue(&fx, "b2").await;
+    assert_eq!(fx.svc.queue_length(&again).await.unwrap(), (0, 0));
+}
+
+/// A queue deleted through one replica refuses adds and pops through
+/// another at once, whatever that replica read or cached before.
+async fn deleted_queue_refuses_other_replicas(fx: Fx) {
+    let other = fx.replica();
+    let q = queue(&fx, "doomed").await;
+    other.add_entry(&q, "t1", 0, false).await.unwrap();
+    other.pop(pop_req(&[&q], "w")).await.unwrap().unwrap();
+    let deleted = fx.svc.delete_queue(&q, true).await.unwrap();
+    assert_eq!(deleted.cancelled_lease_task_ids, ["t1"]);
+    let err = other.add_entry(&q, "t2", 0, false).await.unwrap_err();
+    assert_err(&err, ErrorCode::QueueNotFound, "queue_not_found");
+    let err = other.pop(pop_req(&[&q], "w")).await.unwrap_err();
+    assert_err(&err, ErrorCode::QueueNotFound, "queue_not_found");
+    assert!(other.find_task_queue("t2").await.unwrap().is_none());
+    // Every queue of a pop must exist, even after a non-empty one.
+    let live = queue(&fx, "live").await;
+    fx.svc.add_entry(&live, "t3", 0, false).await.unwrap();
+    let err = other.pop(pop_req(&[&live, &q], "w")).await.unwrap_err();
+    assert_err(&err, ErrorCode::QueueNotFound, "queue_not_found");
+    assert_eq!(fx.svc.queue_length(&live).await.unwrap(), (1, 0));
+}
+
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
         mod sqlite {
@@ -1167,4 +1308,6 @@ conformance!(
     queue_metrics,
     reconciliation,
     rebuild_keeps_fifo_by_enqueue_time,
+    counters_stay_consistent,
+    deleted_queue_refuses_other_replicas,
 );

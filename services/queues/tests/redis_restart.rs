@@ -192,6 +192,13 @@ async fn redis_restarting_empty_is_rebuilt_by_reconciliation() {
         .unwrap();
     assert_eq!(entry.task_id, "t1");
     assert_eq!(entry.added, clock.now() - chrono::Duration::seconds(3));
+    // The queue's key went with the restart: adds find the queue in SQL and
+    // record it again; once it is deleted, they are refused.
+    svc.add_entry(&q, "t4", 0, false).await.unwrap();
+    assert_eq!(svc.queue_length(&q).await.unwrap(), (3, 1));
+    svc.delete_queue(&q, true).await.unwrap();
+    let err = svc.add_entry(&q, "t5", 0, false).await.unwrap_err();
+    assert_eq!(tasklab_queues::service::reason(&err), "queue_not_found");
     drop(redis_proc);
 }
 

@@ -9,12 +9,16 @@
 //!   so services may share one PostgreSQL database without colliding.
 //! * [`testing`] gives tests a fresh database per test on SQLite and, when
 //!   `TASKLAB_TEST_POSTGRES_URL` is set, on PostgreSQL.
+//! * [`lease`] runs a periodic job on one replica at a time (a lease row in
+//!   the service's database, or a Redis key).
 
 use std::path::Path;
 use std::time::Duration;
 
 use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbErr};
 use sea_orm_migration::MigratorTrait;
+
+pub mod lease;
 
 pub use sea_orm;
 pub use sea_orm_migration;

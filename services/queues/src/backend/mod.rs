@@ -182,13 +182,38 @@ pub enum StepOutcome {
 /// nothing special: the service signals waiters itself.
 #[async_trait]
 pub trait QueueBackend: Send + Sync + std::fmt::Debug + 'static {
+    /// Records that a queue was created (after its SQL row was inserted).
+    /// The SQL backend reads the `queues` table itself: nothing to do.
+    async fn create_queue(&self, _queue_id: &str) -> Result<()> {
+        Ok(())
+    }
+
+    /// Called when `add` or `pop` reported `queue_not_found` for a queue
+    /// that the SQL store still has (a store that lost its own record of
+    /// the queue, e.g. Redis after a restart): records it again unless it
+    /// was deleted meanwhile; true when the caller may retry.
+    async fn ensure_queue(&self, _queue_id: &str) -> Result<bool> {
+        Ok(false)
+    }
+
+    /// Whether `ack` itself records the acknowledged task as the current
+    /// task of its registered worker (the SQL backend does, in the same
+    /// transaction, since the workers table lives in its database and a
+    /// second writer would only queue behind it); otherwise the service
+    /// does, in the store.
+    fn notes_current_task(&self) -> bool {
+        false
+    }
+
     /// The store's epoch, created when the store is found without one.
     async fn epoch(&self, now: DateTime<Utc>) -> Result<String>;
 
     /// The last change sequence number (the fence point).
     async fn current_seq(&self) -> Result<u64>;
 
-    /// Adds `task_id` to the back of its band in `queue_id`.
+    /// Adds `task_id` to the back of its band in `queue_id`; fails with
+    /// `queue_not_found` when the queue does not exist, checked atomically
+    /// with the insert.
     async fn add(
         &self,
         queue_id: &str,
@@ -230,7 +255,8 @@ pub trait QueueBackend: Send + Sync + std::fmt::Debug + 'static {
     async fn find(&self, task_id: &str) -> Result<Option<Entry>>;
 
     /// Pops the head of the first non-empty queue of `queue_ids`, in order,
-    /// and leases it.
+    /// and leases it; fails with `queue_not_found` when one of them does not
+    /// exist.
     async fn pop(
         &self,
         queue_ids: &[String],

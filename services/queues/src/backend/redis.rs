@@ -20,6 +20,13 @@
 //! * `{p}:seq` — the change counter; `{p}:chg` — ZSET task → last change seq.
 //! * `{p}:pops:<queue>` — ZSET of pop samples by time
 //!   (`<lease id>:<wait ms>:<pending>`); `{p}:popq` — SET of such queues.
+//! * `{p}:qm:<queue>` — present while the queue exists: written when the
+//!   queue is created (or found in SQL without it, e.g. after a restart),
+//!   deleted with the queue's entries. Adds and pops check it in their
+//!   script, so no SQL look-up precedes them and no add lands in a queue
+//!   deleted meanwhile. `{p}:qdead` — SET of deleted queue ids, so a replica
+//!   that read the queue from SQL just before its deletion cannot write the
+//!   key back.
 //! * `{p}:epoch` — the store epoch: missing after a restart without
 //!   persistence, so the next reader creates a new one.
 //! * Channel `{p}:wake` — every push publishes the queue id; each replica's
@@ -54,6 +61,8 @@ local function tkey(t) return B .. ':t:' .. t end
 local function qkey(q) return B .. ':q:' .. q end
 local function lkey(q) return B .. ':ql:' .. q end
 local function wkey(w) return B .. ':w:' .. w end
+local function mkey(q) return B .. ':qm:' .. q end
+local DEAD = B .. ':qdead'
 local EXP = B .. ':exp'
 local LID = B .. ':lid'
 local CHG = B .. ':chg'
@@ -148,6 +157,7 @@ end
 
 const ADD: &str = r#"
 local q, t, prio, replace, max, now = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6])
+if redis.call('EXISTS', mkey(q)) == 0 then return {'E', 'queue_not_found', q} end
 local h = load(t)
 if h and h.q == q then return cat({'0', ''}, out(t, h, pos_of(h))) end
 if h and replace ~= '1' then return {'E', 'task_already_queued', h.q} end
@@ -262,6 +272,9 @@ return out(ARGV[1], h, pos_of(h))
 
 const POP: &str = r#"
 local worker, dur, now, lid, n = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4], tonumber(ARGV[5])
+for i = 1, n do
+  if redis.call('EXISTS', mkey(ARGV[5 + i])) == 0 then return {'E', 'queue_not_found', ARGV[5 + i]} end
+end
 for i = 1, n do
   local q = ARGV[5 + i]
   local r = redis.call('ZRANGE', qkey(q), 0, 0)
@@ -419,7 +432,8 @@ for _, t in ipairs(leased) do
   if h then drop(t, h) end
   touch(t, seq)
 end
-redis.call('DEL', qkey(q), lkey(q))
+redis.call('DEL', qkey(q), lkey(q), mkey(q))
+redis.call('SADD', DEAD, q)
 return cat(cat({fmt(#waiting)}, waiting), leased)
 "#;
 
@@ -464,6 +478,12 @@ touch(t, seq)
 return 'D'
 "#;
 
+const ENSURE_QUEUE: &str = r#"
+if redis.call('SISMEMBER', DEAD, ARGV[1]) == 1 then return 0 end
+redis.call('SET', mkey(ARGV[1]), '1')
+return 1
+"#;
+
 const EPOCH: &str = r#"
 redis.call('SET', KEYS[1] .. ':epoch', ARGV[1], 'NX')
 return redis.call('GET', KEYS[1] .. ':epoch')
@@ -501,6 +521,7 @@ struct Scripts {
     reconcile_remove: Script,
     epoch: Script,
     trim: Script,
+    ensure_queue: Script,
 }
 
 impl Scripts {
@@ -528,6 +549,7 @@ impl Scripts {
             reconcile_remove: s(RECONCILE_REMOVE),
             epoch: Script::new(EPOCH),
             trim: s(TRIM),
+            ensure_queue: s(ENSURE_QUEUE),
         }
     }
 }
@@ -587,6 +609,7 @@ fn script_error(f: &[String]) -> Error {
     match f.get(1).map(String::as_str) {
         Some("task_already_queued") => errors::task_already_queued("", arg),
         Some("queue_full") => errors::queue_full(arg),
+        Some("queue_not_found") => errors::queue_not_found(arg),
         Some("task_not_queued") => errors::task_not_queued(arg),
         Some("entry_leased") => errors::entry_leased(arg),
         Some("lease_not_found") => errors::lease_not_found(arg),
@@ -683,6 +706,17 @@ impl RedisBackend {
 
 #[async_trait]
 impl QueueBackend for RedisBackend {
+    async fn create_queue(&self, queue_id: &str) -> Result<()> {
+        self.ensure_queue(queue_id).await.map(|_| ())
+    }
+
+    async fn ensure_queue(&self, queue_id: &str) -> Result<bool> {
+        let done: i64 = self
+            .run(&self.scripts.ensure_queue, &[queue_id.to_owned()])
+            .await?;
+        Ok(done == 1)
+    }
+
     async fn epoch(&self, now: DateTime<Utc>) -> Result<String> {
         let fresh = format!("redis-{}-{}", millis(now), uuid::Uuid::new_v4().simple());
         self.run::<String>(&self.scripts.epoch, &[fresh]).await
@@ -848,6 +882,9 @@ impl QueueBackend for RedisBackend {
         ];
         args.extend(queue_ids.iter().cloned());
         let f = self.strings(&self.scripts.pop, &args).await?;
+        if f.first().map(String::as_str) == Some("E") {
+            return Err(script_error(&f));
+        }
         if f.len() != 2 * FIELDS {
             return Ok(None);
         }

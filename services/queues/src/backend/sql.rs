@@ -7,6 +7,17 @@
 //! a row lock on PostgreSQL, so mutations are serialised across connections
 //! and replicas, and the returned value is the change sequence number the
 //! reconciliation fences compare against.
+//!
+//! Adds, pops and acknowledgements (the hot path, `sql/hot.rs`) go to one
+//! writer task per process that applies whatever is waiting as one batch in
+//! one transaction on its own connection (group commit) and replies after
+//! the commit; on SQLite each operation is one round trip to the
+//! connection's thread. Everything else runs here, one transaction per
+//! call, taking the same write turn. Queue lengths come from the
+//! trigger-kept `queue_counts` table, the pop order from
+//! `queue_entries_pop_idx` (migration `m20250102_000001_queue_counts`). On
+//! SQLite the writer does not checkpoint the WAL: a task checkpoints it
+//! every 250 ms on its own connection, so no batch waits for a file sync.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,9 +39,14 @@ use super::{
 use crate::entity::{change, entry, meta, pop};
 use crate::errors;
 
+mod hot;
+
 /// This process's turn to write; held until the transaction ends (declared
 /// before the transaction, so dropped after it).
 type Turn = tokio::sync::OwnedMutexGuard<()>;
+
+/// The mutex behind [`Turn`].
+type WriteLock = Arc<tokio::sync::Mutex<()>>;
 
 /// Entries in SQL. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -39,7 +55,9 @@ pub struct SqlBackend {
     // Writers of this process queue here instead of in SQLite's busy
     // handler, which sleeps in steps of milliseconds; across processes the
     // `seq` row lock still serialises them.
-    write: Arc<tokio::sync::Mutex<()>>,
+    write: WriteLock,
+    // Adds, pops and acknowledgements go to the group-commit writer.
+    hot: tokio::sync::mpsc::UnboundedSender<hot::Op>,
 }
 
 impl SqlBackend {
@@ -61,10 +79,9 @@ impl SqlBackend {
                 .await
                 .map_err(errors::db)?;
         }
-        Ok(SqlBackend {
-            db,
-            write: Arc::new(tokio::sync::Mutex::new(())),
-        })
+        let write: WriteLock = Arc::new(tokio::sync::Mutex::new(()));
+        let hot = hot::spawn(hot::Target::of(&db), write.clone());
+        Ok(SqlBackend { db, write, hot })
     }
 
     /// Opens a transaction and takes the next change sequence number.
@@ -234,13 +251,7 @@ async fn last_change(c: &impl ConnectionTrait, task: &str) -> Result<i64> {
 }
 
 async fn waiting_count(c: &impl ConnectionTrait, queue: &str) -> Result<u32> {
-    let n = entry::Entity::find()
-        .filter(entry::Column::QueueId.eq(queue))
-        .filter(entry::Column::Leased.eq(false))
-        .count(c)
-        .await
-        .map_err(errors::db)?;
-    Ok(u32::try_from(n).unwrap_or(u32::MAX))
+    Ok(counts(c, queue).await?.0)
 }
 
 /// Turns a leased row back into a waiting one at the front or back of its
@@ -361,37 +372,20 @@ impl QueueBackend for SqlBackend {
         max_entries: u32,
         now: DateTime<Utc>,
     ) -> Result<Added> {
-        let (_turn, txn, seq) = self.begin().await?;
-        let mut previous = None;
-        if let Some(existing) = by_task(&txn, task_id).await? {
-            if existing.queue_id == queue_id {
-                let entry = with_position(&txn, &existing).await?;
-                txn.rollback().await.map_err(errors::db)?;
-                return Ok(Added {
-                    entry,
-                    created: false,
-                    previous_queue_id: None,
-                });
-            }
-            if !replace_existing {
-                return Err(errors::task_already_queued(task_id, &existing.queue_id));
-            }
-            previous = Some(existing.queue_id.clone());
-            delete(&txn, task_id, seq).await?;
-        }
-        let (waiting, leased) = counts(&txn, queue_id).await?;
-        if waiting.saturating_add(leased) >= max_entries {
-            return Err(errors::queue_full(queue_id));
-        }
-        let rank = edge_rank(&txn, queue_id, priority, false, now).await?;
-        let m = insert(&txn, queue_id, task_id, priority, rank, now, 0, seq).await?;
-        let entry = with_position(&txn, &m).await?;
-        commit(txn).await?;
-        Ok(Added {
-            entry,
-            created: true,
-            previous_queue_id: previous,
-        })
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        hot::send(
+            &self.hot,
+            hot::Op::Add {
+                queue: queue_id.to_owned(),
+                task: task_id.to_owned(),
+                priority,
+                replace: replace_existing,
+                max: max_entries,
+                now,
+                reply,
+            },
+        )?;
+        hot::recv(rx).await
     }
 
     async fn remove(&self, task_id: &str, queue_id: Option<&str>) -> Result<Option<Entry>> {
@@ -555,77 +549,42 @@ impl QueueBackend for SqlBackend {
         lease: Duration,
         now: DateTime<Utc>,
     ) -> Result<Option<(Entry, Lease)>> {
-        let (_turn, txn, seq) = self.begin().await?;
-        for queue in queue_ids {
-            let head = entry::Entity::find()
-                .filter(entry::Column::QueueId.eq(queue.as_str()))
-                .filter(entry::Column::Leased.eq(false))
-                .order_by_desc(entry::Column::Priority)
-                .order_by_asc(entry::Column::Rank)
-                .order_by_asc(entry::Column::TaskId)
-                .one(&txn)
-                .await
-                .map_err(errors::db)?;
-            let Some(head) = head else { continue };
-            let before = to_entry(&head, Some(0));
-            let now_ms = millis(now);
-            let dur_ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
-            let mut am: entry::ActiveModel = head.into();
-            am.leased = Set(true);
-            am.lease_id = Set(new_lease_id());
-            am.worker_id = Set(worker_id.to_owned());
-            am.acquired_ms = Set(now_ms);
-            am.expires_ms = Set(now_ms.saturating_add(dur_ms));
-            am.duration_ms = Set(dur_ms);
-            am.renewed_ms = Set(now_ms);
-            am.delivery = Set(before.delivery_count as i32 + 1);
-            let m = am.update(&txn).await.map_err(errors::db)?;
-            touch(&txn, &m.task_id, seq).await?;
-            let pending = waiting_count(&txn, queue).await?;
-            let sample = pop::ActiveModel {
-                queue_id: Set(queue.clone()),
-                popped_ms: Set(now_ms),
-                wait_ms: Set((now_ms - m.added_ms).max(0)),
-                pending: Set(i32::try_from(pending).unwrap_or(i32::MAX)),
-                ..Default::default()
-            };
-            pop::Entity::insert(sample)
-                .exec_without_returning(&txn)
-                .await
-                .map_err(errors::db)?;
-            commit(txn).await?;
-            let lease = to_lease(&m).ok_or_else(|| errors::db("popped entry not leased"))?;
-            return Ok(Some((before, lease)));
-        }
-        txn.rollback().await.map_err(errors::db)?;
-        Ok(None)
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        hot::send(
+            &self.hot,
+            hot::Op::Pop {
+                queues: queue_ids.to_vec(),
+                worker: worker_id.to_owned(),
+                lease,
+                lease_id: new_lease_id(),
+                now,
+                reply,
+            },
+        )?;
+        hot::recv(rx).await
+    }
+
+    fn notes_current_task(&self) -> bool {
+        true
     }
 
     async fn ack(
         &self,
         target: &LeaseTarget,
         worker_id: &str,
-        _now: DateTime<Utc>,
+        now: DateTime<Utc>,
     ) -> Result<Acked> {
-        let (_turn, txn, seq) = self.begin().await?;
-        let found = by_target(&txn, target).await?;
-        let Some(m) = found else {
-            return match target {
-                LeaseTarget::LeaseId(id) => Err(errors::lease_not_found(id)),
-                LeaseTarget::TaskId(_) => Ok(Acked::NoLease),
-            };
-        };
-        if m.leased {
-            check_owner(&m, worker_id)?;
-        }
-        let out = if m.leased {
-            Acked::Acknowledged(to_lease(&m).ok_or_else(|| errors::db("lease vanished"))?)
-        } else {
-            Acked::Reclaimed(with_position(&txn, &m).await?)
-        };
-        delete(&txn, &m.task_id, seq).await?;
-        commit(txn).await?;
-        Ok(out)
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        hot::send(
+            &self.hot,
+            hot::Op::Ack {
+                target: target.clone(),
+                worker: worker_id.to_owned(),
+                now,
+                reply,
+            },
+        )?;
+        hot::recv(rx).await
     }
 
     async fn release(
@@ -786,6 +745,14 @@ impl QueueBackend for SqlBackend {
                 waiting.push(m.task_id);
             }
         }
+        // Its counters are all zero now.
+        txn.execute_raw(Statement::from_sql_and_values(
+            txn.get_database_backend(),
+            "DELETE FROM queue_counts WHERE queue_id = $1",
+            [queue_id.into()],
+        ))
+        .await
+        .map_err(errors::db)?;
         commit(txn).await?;
         Ok((waiting, leased))
     }
@@ -915,15 +882,22 @@ async fn changed_after(c: &impl ConnectionTrait, task: &str, fence: u64) -> Resu
     Ok(u64::try_from(last_change(c, task).await?).unwrap_or(0) > fence)
 }
 
+/// `(waiting, leased)` of a queue, from its counters.
 async fn counts(c: &impl ConnectionTrait, queue_id: &str) -> Result<(u32, u32)> {
-    let waiting = waiting_count(c, queue_id).await?;
-    let leased = entry::Entity::find()
-        .filter(entry::Column::QueueId.eq(queue_id))
-        .filter(entry::Column::Leased.eq(true))
-        .count(c)
+    let row = c
+        .query_one_raw(Statement::from_sql_and_values(
+            c.get_database_backend(),
+            "SELECT CAST(COALESCE(SUM(waiting), 0) AS BIGINT) AS w, \
+             CAST(COALESCE(SUM(leased), 0) AS BIGINT) AS l FROM queue_counts WHERE queue_id = $1",
+            [queue_id.into()],
+        ))
         .await
-        .map_err(errors::db)?;
-    Ok((waiting, u32::try_from(leased).unwrap_or(u32::MAX)))
+        .map_err(errors::db)?
+        .ok_or_else(|| errors::db("no counts row"))?;
+    let w: i64 = row.try_get("", "w").map_err(errors::db)?;
+    let l: i64 = row.try_get("", "l").map_err(errors::db)?;
+    let n = |v: i64| u32::try_from(v.max(0)).unwrap_or(u32::MAX);
+    Ok((n(w), n(l)))
 }
 
 async fn renew_row(

@@ -25,6 +25,9 @@ pub enum Kind {
 
 pub struct Fx {
     pub svc: QueueService,
+    /// The SQL store under `svc`, to build a second replica over the same
+    /// database and backend.
+    pub store: Store,
     pub clock: Arc<ManualClock>,
     pub backend: Arc<dyn QueueBackend>,
     pub _db: TestDb,
@@ -53,8 +56,9 @@ pub async fn fixture(kind: Kind, test: &str) -> Option<Fx> {
     let clock = Arc::new(ManualClock::new(
         Utc.with_ymd_and_hms(2025, 6, 1, 12, 0, 0).unwrap(),
     ));
+    let store = Store::new(conn);
     let svc = QueueService::new(
-        Store::new(conn),
+        store.clone(),
         backend.clone(),
         hub,
         clock.clone(),
@@ -62,8 +66,23 @@ pub async fn fixture(kind: Kind, test: &str) -> Option<Fx> {
     );
     Some(Fx {
         svc,
+        store,
         clock,
         backend,
         _db: db,
     })
+}
+
+impl Fx {
+    /// Another replica: its own service (wake hub, caches) over the same
+    /// database, backend and clock.
+    pub fn replica(&self) -> QueueService {
+        QueueService::new(
+            self.store.clone(),
+            self.backend.clone(),
+            Arc::new(WakeHub::default()),
+            self.clock.clone(),
+            Limits::default(),
+        )
+    }
 }
