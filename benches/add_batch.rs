@@ -151,6 +151,7 @@ impl Running {
         let data = tempfile::tempdir().expect("data directory");
         tasklab_gateway::auth::CredentialStore::in_data_dir(data.path())
             .ensure_first(Some((ACCESS_KEY, SECRET_KEY)))
+            .await
             .expect("credentials");
         let api = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await

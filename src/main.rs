@@ -28,9 +28,12 @@ enum Command {
     /// Run tasklab: every service and the gateway in one process on embedded
     /// storage (default), or one service alone with --service.
     Serve(ServeArgs),
-    /// Manage API credentials (access key / secret key) in the data directory.
+    /// Manage API credentials (access key / secret key): in Redis when
+    /// `redis_url` is set (every gateway replica shares them), else in the
+    /// data directory.
     Credentials {
-        /// Directory holding `credentials.json` (default: the configured data directory).
+        /// Directory holding `credentials.json` (default: the configured data
+        /// directory); unused when `redis_url` is set.
         #[arg(long, value_name = "DIR", global = true)]
         data_dir: Option<PathBuf>,
         #[command(subcommand)]
@@ -154,8 +157,13 @@ fn main() -> anyhow::Result<()> {
         Command::Credentials { data_dir, action } => {
             let settings = Settings::load(cli.config.as_deref(), std::env::vars())
                 .context("loading settings")?;
-            let dir = data_dir.unwrap_or(settings.data_dir);
-            credentials(&CredentialStore::in_data_dir(&dir), action)
+            let dir = data_dir.unwrap_or_else(|| settings.data_dir.clone());
+            let store = CredentialStore::for_settings(settings.redis_url.as_deref(), &dir)?;
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?;
+            runtime.block_on(credentials(&store, action))
         }
         Command::Serve(args) => {
             let mut settings = Settings::load(cli.config.as_deref(), std::env::vars())
@@ -214,17 +222,17 @@ async fn health(
 }
 
 #[allow(clippy::print_stdout)]
-fn credentials(store: &CredentialStore, action: CredentialsAction) -> anyhow::Result<()> {
+async fn credentials(store: &CredentialStore, action: CredentialsAction) -> anyhow::Result<()> {
     match action {
-        CredentialsAction::Create => print_generated(&store.create()?),
+        CredentialsAction::Create => print_generated(&store.create().await?),
         CredentialsAction::List => {
-            for c in store.list()? {
+            for c in store.list().await? {
                 let state = if c.revoked { "revoked" } else { "active" };
                 println!("{}\t{}\tcreated={}", c.access_key, state, c.created);
             }
         }
         CredentialsAction::Revoke { access_key } => {
-            store.revoke(&access_key)?;
+            store.revoke(&access_key).await?;
             println!("revoked {access_key}");
         }
     }
@@ -239,22 +247,23 @@ fn print_generated(c: &GeneratedCredential) {
 }
 
 /// The first credential: the configured pair, else one generated and printed
-/// once for a data directory that has none.
+/// once for a store (the data directory's file, or Redis with `redis_url`)
+/// that has none.
 #[allow(clippy::print_stdout)]
-fn ensure_first_credential(settings: &Settings) -> anyhow::Result<()> {
+async fn ensure_first_credential(settings: &Settings) -> anyhow::Result<()> {
     std::fs::create_dir_all(&settings.data_dir).with_context(|| {
         format!(
             "cannot create data directory {}",
             settings.data_dir.display()
         )
     })?;
-    let store = CredentialStore::in_data_dir(&settings.data_dir);
+    let store = CredentialStore::for_settings(settings.redis_url.as_deref(), &settings.data_dir)?;
     let configured = settings
         .auth
         .access_key
         .as_deref()
         .zip(settings.auth.secret_key.as_deref());
-    if let Some(generated) = store.ensure_first(configured)? {
+    if let Some(generated) = store.ensure_first(configured).await? {
         println!("tasklab generated its first API credential:");
         print_generated(&generated);
         println!(
@@ -276,14 +285,14 @@ async fn serve(
 
     match service {
         None => {
-            ensure_first_credential(&settings)?;
+            ensure_first_credential(&settings).await?;
             let api = bind(settings.api_addr, "API").await?;
             let files = bind(settings.files_addr, "files").await?;
             tasklab::run_embedded(settings, api, files, tasklab_server::shutdown_signal()).await
         }
         Some(name) => {
             if name == ServiceName::Gateway {
-                ensure_first_credential(&settings)?;
+                ensure_first_credential(&settings).await?;
             }
             let addr = self::listen_addr(&settings, Some(name), listen_addr);
             let listener = bind(addr, name.as_str()).await?;

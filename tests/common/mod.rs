@@ -28,6 +28,7 @@ impl Embedded {
         let data = tempfile::tempdir().unwrap();
         tasklab_gateway::auth::CredentialStore::in_data_dir(data.path())
             .ensure_first(Some((ACCESS_KEY, SECRET_KEY)))
+            .await
             .unwrap();
         let api = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let files = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -44,7 +44,8 @@ use tasklab_proto::artifacts::v1::{
 use tonic::transport::Channel;
 
 /// Decides whether a bearer token may use the files server.
-pub type TokenValidator = Arc<dyn Fn(&str) -> bool + Send + Sync>;
+pub type TokenValidator =
+    Arc<dyn Fn(String) -> futures::future::BoxFuture<'static, bool> + Send + Sync>;
 
 /// Size of the pieces an upload is forwarded in (the blob service accepts
 /// up to 2 MiB per message).
@@ -93,7 +94,7 @@ pub fn blob_files_router(
 
 /// `GET` and `DELETE` of `/<path>`.
 async fn by_path(State(files): State<Files>, request: Request) -> Response {
-    if let Some(response) = authorize(&files, request.headers()) {
+    if let Some(response) = authorize(&files, request.headers()).await {
         return response;
     }
     let path = match blob_path(request.uri().path()) {
@@ -119,7 +120,7 @@ async fn upload(
     headers: HeaderMap,
     multipart: Result<Multipart, MultipartRejection>,
 ) -> Response {
-    if let Some(response) = authorize(&files, &headers) {
+    if let Some(response) = authorize(&files, &headers).await {
         return response;
     }
     let mut multipart = match multipart {
@@ -310,7 +311,7 @@ async fn delete(files: Files, path: String) -> Response {
 }
 
 /// The rejection of a request without a valid bearer token, if auth is on.
-fn authorize(files: &Files, headers: &HeaderMap) -> Option<Response> {
+async fn authorize(files: &Files, headers: &HeaderMap) -> Option<Response> {
     let validate = files.auth.as_ref()?;
     let token = headers
         .get(header::AUTHORIZATION)
@@ -321,7 +322,7 @@ fn authorize(files: &Files, headers: &HeaderMap) -> Option<Response> {
         })
         .map(str::trim);
     match token {
-        Some(token) if !token.is_empty() && validate(token) => None,
+        Some(token) if !token.is_empty() && validate(token.to_owned()).await => None,
         Some(_) => Some(error(&Error::new(
             ErrorCode::InvalidToken,
             "the bearer token is not valid",

@@ -82,11 +82,12 @@ where
         let header = req
             .headers()
             .get(http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok());
-        let identity = self.auth.authenticate_header(header);
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let auth = self.auth.clone();
         let mut inner = self.inner.clone();
         Box::pin(async move {
-            let identity = match identity {
+            let identity = match auth.authenticate_header(header.as_deref()).await {
                 Ok(identity) => identity,
                 Err(err) => {
                     tracing::debug!(path = %req.uri().path(), code = %err.code(), "gRPC call rejected");

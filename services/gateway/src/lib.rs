@@ -51,7 +51,8 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
 /// What the gateway needs from the settings.
 #[derive(Debug, Clone)]
 pub struct GatewayConfig {
-    /// Data directory (credentials, generated token secret).
+    /// Data directory (credentials without `redis_url`, generated token
+    /// secret).
     pub data_dir: PathBuf,
     /// Token signing secret; generated into the data directory when unset.
     pub token_secret: Option<String>,
@@ -61,8 +62,10 @@ pub struct GatewayConfig {
     pub max_body_bytes: usize,
     /// Queue and worker behaviour (reconciler interval, lost-worker action).
     pub queues: QueueSettings,
-    /// Redis holding the background loop's lease (several gateway
-    /// replicas); without it the loop runs unleased (one process).
+    /// Redis holding the credentials (hash `tasklab:credentials`) and the
+    /// background loop's lease (several gateway replicas); without it the
+    /// credentials are a data-directory file and the loop runs unleased
+    /// (one process).
     pub redis_url: Option<String>,
 }
 
@@ -102,7 +105,9 @@ impl Gateway {
             Some(secret) => secret.as_bytes().to_vec(),
             None => auth::load_or_create_secret(&config.data_dir)?,
         };
-        let auth = Authenticator::new(&config.data_dir, &secret, config.token_ttl_secs);
+        let store =
+            auth::CredentialStore::for_settings(config.redis_url.as_deref(), &config.data_dir)?;
+        let auth = Authenticator::with_store(store, &secret, config.token_ttl_secs);
         Ok(Gateway {
             inner: Arc::new(Inner {
                 clients: Clients::new(&channels),
@@ -135,8 +140,10 @@ impl Gateway {
     /// the SDK sends to its files host.
     pub fn files_router(&self) -> axum::Router {
         let auth = self.inner.auth.clone();
-        let validator: files::TokenValidator =
-            Arc::new(move |token: &str| auth.check_token(token).is_ok());
+        let validator: files::TokenValidator = Arc::new(move |token: String| {
+            let auth = auth.clone();
+            Box::pin(async move { auth.check_token(&token).await.is_ok() })
+        });
         files::blob_files_router(
             tasklab_proto::artifacts::v1::blobs_service_client::BlobsServiceClient::new(
                 self.inner.channels.artifacts.clone(),

@@ -296,7 +296,8 @@ async fn paths_cannot_escape_the_storage_root() {
 
 #[tokio::test]
 async fn bearer_token_is_required_when_auth_is_on() {
-    let validator: TokenValidator = Arc::new(|token: &str| token == "good-token");
+    let validator: TokenValidator =
+        Arc::new(|token: String| Box::pin(async move { token == "good-token" }));
     let s = setup(Some(validator)).await;
     assert_eq!(
         send(&s, "GET", "/", &[], b"").await.status,

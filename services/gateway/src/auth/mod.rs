@@ -6,19 +6,24 @@
 //! * Basic credentials are also accepted on any call (ClearML's server does
 //!   the same), and on the public gRPC API (`authorization` metadata).
 //! * A token names its access key; a revoked credential's tokens stop
-//!   working at once (the credentials file is re-read when it changes).
+//!   working at once (the credentials file is re-read when it changes; with
+//!   Redis every check reads the shared hash, so a revocation on one replica
+//!   applies on all).
 //! * The signing secret is `auth.token_secret`, else a random secret
 //!   generated once into `<data_dir>/token_secret` (mode 0600).
 
 mod credentials;
 pub mod token;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
-pub use credentials::{Credential, CredentialStore, GeneratedCredential};
+pub use credentials::{
+    Credential, CredentialStore, FileStore, GeneratedCredential, REDIS_KEY, RedisStore,
+};
+use futures::future::BoxFuture;
 use tasklab_error::{Error, ErrorCode};
 pub use token::{Claims, Identity, TokenSigner};
 
@@ -146,19 +151,23 @@ struct ActiveKeys {
 #[derive(Debug, Clone)]
 pub struct Authenticator {
     store: CredentialStore,
-    store_path: PathBuf,
     signer: TokenSigner,
     max_ttl_secs: i64,
     active: Arc<Mutex<ActiveKeys>>,
 }
 
 impl Authenticator {
-    /// An authenticator over the credentials of `data_dir`, signing with
-    /// `secret`; tokens live at most `max_ttl_secs`.
+    /// An authenticator over the credentials file of `data_dir`, signing
+    /// with `secret`; tokens live at most `max_ttl_secs`.
     pub fn new(data_dir: &Path, secret: &[u8], max_ttl_secs: u64) -> Authenticator {
+        Self::with_store(CredentialStore::in_data_dir(data_dir), secret, max_ttl_secs)
+    }
+
+    /// An authenticator over `store`, signing with `secret`; tokens live at
+    /// most `max_ttl_secs`.
+    pub fn with_store(store: CredentialStore, secret: &[u8], max_ttl_secs: u64) -> Authenticator {
         Authenticator {
-            store: CredentialStore::in_data_dir(data_dir),
-            store_path: data_dir.join("credentials.json"),
+            store,
             signer: TokenSigner::new(secret),
             max_ttl_secs: i64::try_from(max_ttl_secs)
                 .unwrap_or(i64::MAX)
@@ -173,8 +182,12 @@ impl Authenticator {
     }
 
     /// Verifies an access/secret key pair.
-    pub fn check_credentials(&self, access_key: &str, secret_key: &str) -> Result<Identity, Error> {
-        if self.store.verify(access_key, secret_key)? {
+    pub async fn check_credentials(
+        &self,
+        access_key: &str,
+        secret_key: &str,
+    ) -> Result<Identity, Error> {
+        if self.store.verify(access_key, secret_key).await? {
             Ok(Identity::for_access_key(access_key))
         } else {
             Err(Error::new(
@@ -184,16 +197,22 @@ impl Authenticator {
         }
     }
 
-    fn is_active(&self, access_key: &str) -> Result<bool, Error> {
-        // Modification time and size: a revocation rewrites the file, and
-        // changes its size even within one tick of a coarse clock.
-        let stamp = std::fs::metadata(&self.store_path)
-            .and_then(|m| Ok((m.modified()?, m.len())))
-            .ok();
+    async fn is_active(&self, access_key: &str) -> Result<bool, Error> {
+        let file = match &self.store {
+            CredentialStore::File(file) => file,
+            // Shared with other replicas: always ask.
+            CredentialStore::Redis(_) => {
+                return Ok(self
+                    .store
+                    .get(access_key)
+                    .await?
+                    .is_some_and(|c| !c.revoked));
+            }
+        };
+        let stamp = file.stamp();
         let mut active = self.active.lock().unwrap_or_else(|e| e.into_inner());
         if active.stamp.is_none() || active.stamp != stamp {
-            active.keys = self
-                .store
+            active.keys = file
                 .list()?
                 .into_iter()
                 .filter(|c| !c.revoked)
@@ -206,9 +225,9 @@ impl Authenticator {
 
     /// Verifies a token: signature, expiry, and that its credential is not
     /// revoked.
-    pub fn check_token(&self, token: &str) -> Result<Claims, Error> {
+    pub async fn check_token(&self, token: &str) -> Result<Claims, Error> {
         let claims = self.signer.verify(token, now_secs())?;
-        if !self.is_active(&claims.identity.user)? {
+        if !self.is_active(&claims.identity.user).await? {
             return Err(Error::new(
                 ErrorCode::InvalidToken,
                 "the token's credential was revoked",
@@ -218,24 +237,24 @@ impl Authenticator {
     }
 
     /// Authenticates a call: a token or a key pair; nothing is `missing_credentials`.
-    pub fn authenticate(&self, presented: Option<&Presented>) -> Result<Identity, Error> {
+    pub async fn authenticate(&self, presented: Option<&Presented>) -> Result<Identity, Error> {
         match presented {
             None => Err(Error::new(
                 ErrorCode::MissingCredentials,
                 "missing authorization: send a Bearer token or Basic credentials",
             )),
-            Some(Presented::Bearer(token)) => Ok(self.check_token(token)?.identity),
+            Some(Presented::Bearer(token)) => Ok(self.check_token(token).await?.identity),
             Some(Presented::Basic {
                 access_key,
                 secret_key,
-            }) => self.check_credentials(access_key, secret_key),
+            }) => self.check_credentials(access_key, secret_key).await,
         }
     }
 
     /// Authenticates an `Authorization` header value.
-    pub fn authenticate_header(&self, header: Option<&str>) -> Result<Identity, Error> {
+    pub async fn authenticate_header(&self, header: Option<&str>) -> Result<Identity, Error> {
         let presented = Presented::parse(header)?;
-        self.authenticate(presented.as_ref())
+        self.authenticate(presented.as_ref()).await
     }
 
     /// Issues a token for `identity`, valid for `ttl_secs` (clamped to
@@ -251,14 +270,18 @@ impl Authenticator {
     /// `Authorization` header value and returns the caller.
     pub fn validator(&self) -> TokenValidator {
         let auth = self.clone();
-        Arc::new(move |header: Option<&str>| auth.authenticate_header(header))
+        Arc::new(move |header: Option<String>| {
+            let auth = auth.clone();
+            Box::pin(async move { auth.authenticate_header(header.as_deref()).await })
+        })
     }
 }
 
 /// Authenticates an `Authorization` header value (Bearer token or Basic key
 /// pair); errors are `missing_credentials`, `invalid_credentials` or
 /// `invalid_token`.
-pub type TokenValidator = Arc<dyn Fn(Option<&str>) -> Result<Identity, Error> + Send + Sync>;
+pub type TokenValidator =
+    Arc<dyn Fn(Option<String>) -> BoxFuture<'static, Result<Identity, Error>> + Send + Sync>;
 
 #[cfg(test)]
 mod tests {
@@ -282,25 +305,25 @@ mod tests {
         }
     }
 
-    #[test]
-    fn login_token_and_revocation() {
+    #[tokio::test]
+    async fn login_token_and_revocation() {
         let dir = tempfile::tempdir().unwrap();
         let store = CredentialStore::in_data_dir(dir.path());
-        let cred = store.create().unwrap();
+        let cred = store.create().await.unwrap();
         let auth = Authenticator::new(dir.path(), b"s", 3600);
         let basic = format!(
             "Basic {}",
             STANDARD.encode(format!("{}:{}", cred.access_key, cred.secret_key))
         );
-        let identity = auth.authenticate_header(Some(&basic)).unwrap();
+        let identity = auth.authenticate_header(Some(&basic)).await.unwrap();
         assert_eq!(identity.user, cred.access_key);
         let token = auth.issue(identity, Some(60));
         let bearer = format!("Bearer {token}");
-        assert!(auth.authenticate_header(Some(&bearer)).is_ok());
+        assert!(auth.authenticate_header(Some(&bearer)).await.is_ok());
 
         let code = |r: Result<Identity, Error>| r.unwrap_err().code();
         assert_eq!(
-            code(auth.authenticate_header(None)),
+            code(auth.authenticate_header(None).await),
             ErrorCode::MissingCredentials
         );
         let wrong = format!(
@@ -308,22 +331,22 @@ mod tests {
             STANDARD.encode(format!("{}:nope", cred.access_key))
         );
         assert_eq!(
-            code(auth.authenticate_header(Some(&wrong))),
+            code(auth.authenticate_header(Some(&wrong)).await),
             ErrorCode::InvalidCredentials
         );
         assert_eq!(
-            code(auth.authenticate_header(Some("Bearer x.y.z"))),
+            code(auth.authenticate_header(Some("Bearer x.y.z")).await),
             ErrorCode::InvalidToken
         );
         assert_eq!(
-            code(auth.authenticate_header(Some("Digest abc"))),
+            code(auth.authenticate_header(Some("Digest abc")).await),
             ErrorCode::InvalidCredentials
         );
 
         // Revoking the credential invalidates its tokens.
-        store.revoke(&cred.access_key).unwrap();
+        store.revoke(&cred.access_key).await.unwrap();
         assert_eq!(
-            code(auth.authenticate_header(Some(&bearer))),
+            code(auth.authenticate_header(Some(&bearer)).await),
             ErrorCode::InvalidToken
         );
     }

@@ -272,7 +272,7 @@ async fn prepare(gw: Arc<Inner>, endpoint: &Endpoint, req: Request) -> Result<Ca
     }
 
     let presented = Presented::parse(header(&req, &["authorization"]))?;
-    let identity = gw.auth.authenticate(presented.as_ref())?;
+    let identity = gw.auth.authenticate(presented.as_ref()).await?;
 
     let worker = header(&req, &["x-clearml-worker", "x-trains-worker"])
         .unwrap_or_default()

@@ -34,7 +34,7 @@ struct ValidateArgs {
 pub(crate) async fn validate_token(call: Call) -> Result<Value, Error> {
     let args: ValidateArgs = call.args()?;
     let token = crate::http::args::required(&args.token, "token")?;
-    Ok(match call.gw.auth.check_token(token) {
+    Ok(match call.gw.auth.check_token(token).await {
         Ok(claims) => json!({
             "valid": true,
             "msg": "",
