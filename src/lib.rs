@@ -210,12 +210,19 @@ pub async fn run_service(
 /// Every service also migrates at start; this exists so a deployment can run
 /// migrations once, before new replicas roll out (the Helm pre-upgrade Job).
 pub async fn migrate(settings: &Settings, name: ServiceName) -> anyhow::Result<()> {
-    anyhow::ensure!(name != ServiceName::Gateway, "the gateway owns no database");
-    // Mounting a service connects to its database and applies its migrations;
-    // the server built here is never started.
-    // Background jobs a service spawns end with this short-lived process.
+    use tasklab_db::connect_and_migrate as up;
     let url = database_url(settings, name);
-    with_domain_service(Server::new(&settings.grpc), settings, name).await?;
+    // Only the migrator runs: no server, no background jobs, no Redis.
+    let db = match name {
+        ServiceName::Tasks => up::<tasklab_tasks::migration::Migrator>(&url).await,
+        ServiceName::Projects => up::<tasklab_projects::migration::Migrator>(&url).await,
+        ServiceName::Queues => up::<tasklab_queues::migration::Migrator>(&url).await,
+        ServiceName::Artifacts => up::<tasklab_artifacts::migration::Migrator>(&url).await,
+        ServiceName::Metrics => up::<tasklab_metrics::migration::Migrator>(&url).await,
+        ServiceName::Gateway => anyhow::bail!("the gateway owns no database"),
+    }
+    .with_context(|| format!("migrating the {name} database at {}", redact(&url)))?;
+    db.close().await.ok();
     tracing::info!(service = %name, database = %redact(&url), "migrations applied");
     Ok(())
 }
