@@ -194,6 +194,29 @@ pub(crate) async fn send(
     parse(&raw)
 }
 
+/// Like [`send`], for a server that may die mid-request: `None` when the
+/// connection is refused or closes without a reply.
+pub(crate) async fn try_send(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Option<Reply> {
+    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        request.push_str(&format!("{k}: {v}\r\n"));
+    }
+    request.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
+    let mut request = request.into_bytes();
+    request.extend_from_slice(body);
+    let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let _ = stream.write_all(&request).await;
+    let mut raw = Vec::new();
+    let _ = stream.read_to_end(&mut raw).await;
+    (!raw.is_empty()).then(|| parse(&raw))
+}
+
 fn parse(raw: &[u8]) -> Reply {
     let split = raw
         .windows(4)

@@ -16,6 +16,10 @@
 //! * Reads join `last_metrics`/`last_iteration` (metrics service) and
 //!   `artifacts` (artifacts service).
 //!
+//! Enqueue and dequeue each carry a fault-injection point between their two
+//! steps ([`crate::failpoints`], a testing hook armed only by the
+//! `failpoints` setting).
+//!
 //! While a domain service answers `UNIMPLEMENTED` (it is still being built),
 //! joins and clean-ups that depend on it are skipped with a debug log rather
 //! than failing the call; every other error is returned.
@@ -31,6 +35,7 @@ use tasklab_proto::queues::v1 as qpb;
 use tasklab_proto::tasks::v1 as tpb;
 
 use crate::Inner;
+use crate::failpoints::FailPoint;
 
 /// `Ok(None)` for a service that answers UNIMPLEMENTED.
 pub(crate) fn tolerate<T>(result: Result<T>, what: &str) -> Result<Option<T>> {
@@ -369,6 +374,8 @@ impl Inner {
         req.queue_id = queue_id.clone();
         let task_id = req.id.clone();
         let reply = call!(self.clients.tasks, enqueue_task, user, req)?;
+        self.failpoints
+            .hit(FailPoint::EnqueueBetweenSteps, &task_id);
         let pushed = call!(
             self.clients.queues,
             add_entry,
@@ -415,6 +422,8 @@ impl Inner {
     ) -> Result<(tpb::DequeueTaskResponse, bool)> {
         let task_id = req.id.clone();
         let reply = call!(self.clients.tasks, dequeue_task, user, req)?;
+        self.failpoints
+            .hit(FailPoint::DequeueBetweenSteps, &task_id);
         let mut removed = false;
         if !reply.left_queue_id.is_empty() {
             removed = self

@@ -17,7 +17,10 @@
 //! * `grpc.rs` — the public gRPC API: authentication, a transparent proxy to
 //!   the domain services, and `TasksService` composed by the gateway;
 //! * `reconcile.rs` — the background reconciler of queues and lost workers;
-//! * `files.rs` — the files server.
+//! * `files.rs` — the files server;
+//! * `failpoints.rs` — a testing hook: fault-injection points in the composed
+//!   flows that abort the process, armed only by the `failpoints` setting
+//!   (`TASKLAB_FAILPOINTS`), never by a request; inert by default.
 //!
 //! [`Gateway`] ties them together; the `tasklab` binary builds one from the
 //! settings and the domain-service channels, in embedded and distributed
@@ -27,6 +30,7 @@
 mod clients;
 pub mod auth;
 mod compose;
+mod failpoints;
 mod files;
 pub mod grpc;
 pub mod http;
@@ -67,6 +71,9 @@ pub struct GatewayConfig {
     /// credentials are a data-directory file and the loop runs unleased
     /// (one process).
     pub redis_url: Option<String>,
+    /// Testing hook: fault-injection points to arm (the `failpoints`
+    /// setting); empty in production.
+    pub failpoints: String,
 }
 
 impl GatewayConfig {
@@ -79,6 +86,7 @@ impl GatewayConfig {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             queues: settings.queues.clone(),
             redis_url: settings.redis_url.clone(),
+            failpoints: settings.failpoints.clone(),
         }
     }
 }
@@ -89,6 +97,7 @@ pub(crate) struct Inner {
     pub(crate) channels: Channels,
     pub(crate) auth: Authenticator,
     pub(crate) config: GatewayConfig,
+    pub(crate) failpoints: failpoints::FailPoints,
 }
 
 /// The gateway: REST router, public gRPC services and background work over
@@ -100,7 +109,9 @@ pub struct Gateway {
 
 impl Gateway {
     /// A gateway over `channels`. Loads (or creates) the token secret.
+    /// An unknown name in `failpoints` is an error.
     pub fn new(config: GatewayConfig, channels: Channels) -> Result<Gateway, Error> {
+        let failpoints = failpoints::FailPoints::parse(&config.failpoints)?;
         let secret = match config.token_secret.as_deref().filter(|s| !s.is_empty()) {
             Some(secret) => secret.as_bytes().to_vec(),
             None => auth::load_or_create_secret(&config.data_dir)?,
@@ -114,6 +125,7 @@ impl Gateway {
                 channels,
                 auth,
                 config,
+                failpoints,
             }),
         })
     }

@@ -123,6 +123,12 @@ pub struct Settings {
     pub redis_url: Option<String>,
     /// Blob storage.
     pub blobs: BlobSettings,
+    /// Testing hook, never set in production: comma-separated names of
+    /// fault-injection points that make the process abort when reached
+    /// (`TASKLAB_FAILPOINTS=enqueue-between-steps`). The names are listed
+    /// in the gateway's `failpoints` module; the gateway refuses to start on
+    /// an unknown one. Empty by default.
+    pub failpoints: String,
 }
 
 impl Default for Settings {
@@ -139,6 +145,7 @@ impl Default for Settings {
             queues: QueueSettings::default(),
             redis_url: None,
             blobs: BlobSettings::default(),
+            failpoints: String::new(),
         }
     }
 }
@@ -478,6 +485,20 @@ mod tests {
         let err =
             Settings::load(None, env(&[("TASKLAB_QUEUES__LEASE_TTL_SECS", "soon")])).unwrap_err();
         assert!(matches!(err, ConfigError::Invalid(_)), "{err}");
+    }
+
+    #[test]
+    fn failpoints_are_read_from_the_environment() {
+        assert_eq!(Settings::default().failpoints, "");
+        let s = Settings::load(
+            None,
+            env(&[(
+                "TASKLAB_FAILPOINTS",
+                "enqueue-between-steps,dequeue-between-steps",
+            )]),
+        )
+        .unwrap();
+        assert_eq!(s.failpoints, "enqueue-between-steps,dequeue-between-steps");
     }
 
     #[test]
