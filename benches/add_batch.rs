@@ -20,6 +20,11 @@
 //!
 //! Every reply is checked: HTTP 200, `added` equal to the events sent and
 //! no `errors`, else the bench fails.
+//!
+//! Each run also prints the CPU time the whole process (server and clients)
+//! spent per point while it ran, from `/proc/self/stat` on Linux: unlike
+//! points/s it hardly moves when other processes compete for the cores, so
+//! it is the figure to compare two builds on a busy machine.
 
 #![allow(clippy::print_stdout)] // a benchmark prints its figures
 
@@ -372,8 +377,20 @@ fn batch_body(task: &str, step0: usize, batch: usize) -> Vec<u8> {
     out.into_bytes()
 }
 
+/// User plus system CPU time of this process so far (Linux only).
+fn cpu_time() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the parenthesized command name: state is the first,
+    // utime and stime the 12th and 13th, in clock ticks (USER_HZ, which
+    // Linux fixes at 100 for user space).
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(Duration::from_millis(ticks * 10))
+}
+
 /// Points per second with `clients` concurrent clients, each on its own
-/// keep-alive connection and task, sending `requests` batches of `batch`.
+/// keep-alive connection and task, sending `requests` batches of `batch`,
+/// and the process's CPU microseconds per point meanwhile.
 async fn ingest(
     api: SocketAddr,
     bearer: &str,
@@ -381,7 +398,7 @@ async fn ingest(
     clients: usize,
     requests: usize,
     batch: usize,
-) -> f64 {
+) -> (f64, Option<f64>) {
     let mut prepared = Vec::new();
     for c in 0..clients {
         let mut conn = Conn::open(api).await.expect("connect");
@@ -392,6 +409,7 @@ async fn ingest(
         prepared.push((conn, bodies));
     }
     let start = Instant::now();
+    let cpu_start = cpu_time();
     let mut handles = Vec::new();
     for (mut conn, bodies) in prepared {
         let bearer = bearer.to_owned();
@@ -417,7 +435,12 @@ async fn ingest(
     for h in handles {
         h.await.expect("client");
     }
-    (clients * requests * batch) as f64 / start.elapsed().as_secs_f64()
+    let points = (clients * requests * batch) as f64;
+    let rate = points / start.elapsed().as_secs_f64();
+    let cpu = cpu_start
+        .zip(cpu_time())
+        .map(|(a, b)| b.saturating_sub(a).as_secs_f64() * 1e6 / points);
+    (rate, cpu)
 }
 
 async fn bench_tasklab(label: &str, dbs: Option<&[tasklab_db::testing::TestDb]>) -> Figures {
@@ -428,9 +451,12 @@ async fn bench_tasklab(label: &str, dbs: Option<&[tasklab_db::testing::TestDb]>)
 
     ingest(api, &bearer, "warmup", 1, 5, 1000).await;
     let run = async |name: &str, clients: usize, requests: usize, batch: usize| {
-        let rate = ingest(api, &bearer, name, clients, requests, batch).await;
+        let (rate, cpu) = ingest(api, &bearer, name, clients, requests, batch).await;
+        let cpu = cpu.map_or_else(String::new, |us| {
+            format!(" ({us:.2} µs CPU a point, whole process)")
+        });
         say(format!(
-            "add_batch {batch}/request, {clients} client(s), {}k points: {rate:.0} points/s",
+            "add_batch {batch}/request, {clients} client(s), {}k points: {rate:.0} points/s{cpu}",
             clients * requests * batch / 1000
         ));
         rate

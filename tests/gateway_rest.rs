@@ -930,6 +930,128 @@ async fn events_batches_succeed_partially_and_feed_task_reads() {
     tl.stop().await;
 }
 
+/// `events.add_batch` decodes what clients send leniently, line by line,
+/// and a retried body (the same bytes) does not double the console.
+#[tokio::test]
+async fn events_batch_lines_decode_leniently_and_retries_keep_logs_once() {
+    let tl = Embedded::start().await;
+    let t = tl.token().await;
+    let tid = tl
+        .ok(&t, "tasks.create", json!({"name": "batch-decoding"}))
+        .await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let bearer = format!("Bearer {t}");
+    let add = async |body: &[u8]| {
+        send(
+            tl.api,
+            "POST",
+            "/v2.23/events.add_batch",
+            &[
+                ("authorization", &bearer),
+                ("content-type", "application/json-lines"),
+            ],
+            body,
+        )
+        .await
+    };
+
+    // CRLF lines, a blank line, escapes, a repeated key (the last wins), a
+    // number sent as a string, `null` for "not given", unknown fields.
+    let body = format!(
+        concat!(
+            r#"{{"type":"log","task":"{t}","level":"WARNING","worker":"w","msg":"first\nline \"one\"","timestamp":1700000000000,"method":"get"}}"#,
+            "\r\n",
+            r#"{{"type":"log","task":"{t}","level":"info","worker":"w","msg":"ignored","msg":"second","timestamp":"1700000000001"}}"#,
+            "\r\n\r\n",
+            r#"{{"type":"training_stats_scalar","task":"{t}","iter":"7","metric":"m","variant":"v","value":"0.25","x_axis_label":null,"model_event":false,"allow_locked":false}}"#,
+            "\n"
+        ),
+        t = tid
+    );
+    for _ in 0..2 {
+        let reply = add(body.as_bytes()).await;
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        let data = &reply.json()["data"];
+        assert_eq!(
+            (data["added"].as_u64(), data["errors"].as_u64()),
+            (Some(3), Some(0)),
+            "{data}"
+        );
+    }
+    let log = tl
+        .ok(
+            &t,
+            "events.get_task_log",
+            json!({"task": tid, "batch_size": 100, "navigate_earlier": false, "order": "asc"}),
+        )
+        .await;
+    let messages: Vec<&str> = log["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["msg"].as_str().unwrap())
+        .collect();
+    assert_eq!(messages, ["first\nline \"one\"", "second"], "{log}");
+    assert_eq!(log["events"][0]["level"], "warning");
+    let scalars = tl
+        .ok(
+            &t,
+            "events.get_task_events",
+            json!({"task": tid, "event_type": "training_stats_scalar"}),
+        )
+        .await;
+    assert_eq!(scalars["events"][0]["iter"], 7, "{scalars}");
+    assert_eq!(scalars["events"][0]["value"], 0.25, "{scalars}");
+
+    // Other bytes are another batch: its logs are appended (ClearML's way).
+    let other = body.replacen("\"method\":\"get\"", "\"method\": \"get\"", 1);
+    assert_eq!(add(other.as_bytes()).await.json()["data"]["added"], 3);
+    let log = tl
+        .ok(
+            &t,
+            "events.get_task_log",
+            json!({"task": tid, "batch_size": 100}),
+        )
+        .await;
+    assert_eq!(log["total"], 4, "{log}");
+
+    // The list form: a non-object item is one bad event.
+    let list = format!(r#"[{{"type":"log","task":"{tid}","msg":"x"}}, 5]"#);
+    let reply = add(list.as_bytes()).await;
+    let data = &reply.json()["data"];
+    assert_eq!(
+        (data["added"].as_u64(), data["errors"].as_u64()),
+        (Some(1), Some(1)),
+        "{data}"
+    );
+    assert_eq!(data["errors_info"]["event is not an object"], 1, "{data}");
+
+    // A line that is not an object, or a body that is not UTF-8, fails the
+    // whole request (400/12) and stores nothing.
+    let bad = format!("{{\"type\":\"log\",\"task\":\"{tid}\",\"msg\":\"lost\"}}\n[1]\n");
+    let reply = add(bad.as_bytes()).await;
+    assert_eq!(reply.codes(), (400, 400, 12));
+    assert!(
+        reply
+            .text()
+            .contains("line 2 must be a JSON object, not a list"),
+        "{}",
+        reply.text()
+    );
+    assert_eq!(add(b"{\"task\":\"\xff\"}").await.codes(), (400, 400, 12));
+    let log = tl
+        .ok(
+            &t,
+            "events.get_task_log",
+            json!({"task": tid, "batch_size": 100}),
+        )
+        .await;
+    assert_eq!(log["total"], 5, "{log}");
+    tl.stop().await;
+}
+
 fn with<T>(auth: Option<&str>, msg: T) -> tonic::Request<T> {
     let mut req = tonic::Request::new(msg);
     if let Some(auth) = auth {

@@ -74,6 +74,9 @@ pub struct GatewayConfig {
     /// Testing hook: fault-injection points to arm (the `failpoints`
     /// setting); empty in production.
     pub failpoints: String,
+    /// The configured first credential (access key, secret key), restored
+    /// when the credential store lost it.
+    pub configured_credential: Option<(String, String)>,
 }
 
 impl GatewayConfig {
@@ -87,6 +90,11 @@ impl GatewayConfig {
             queues: settings.queues.clone(),
             redis_url: settings.redis_url.clone(),
             failpoints: settings.failpoints.clone(),
+            configured_credential: settings
+                .auth
+                .access_key
+                .clone()
+                .zip(settings.auth.secret_key.clone()),
         }
     }
 }
@@ -118,7 +126,10 @@ impl Gateway {
         };
         let store =
             auth::CredentialStore::for_settings(config.redis_url.as_deref(), &config.data_dir)?;
-        let auth = Authenticator::with_store(store, &secret, config.token_ttl_secs);
+        let mut auth = Authenticator::with_store(store, &secret, config.token_ttl_secs);
+        if let Some((access_key, secret_key)) = &config.configured_credential {
+            auth = auth.with_configured(access_key, secret_key);
+        }
         Ok(Gateway {
             inner: Arc::new(Inner {
                 clients: Clients::new(&channels),

@@ -18,7 +18,7 @@ use tonic::{Request, Response, Status};
 use crate::downsample::Axis;
 use crate::service::{
     self, DeleteRequest, Direction, Event, Group, Kind, LogFilter, LogNotice, LogPosition,
-    LogRequest, MetricsService as Core, Navigation, NewEvent, Page, Paged, Payload,
+    LogRequest, MetricsService as Core, Navigation, NewEvent, NewSeries, Page, Paged, Payload,
     RetentionAction, RetentionPolicy, RetentionRule, ScalarListRequest, ScalarOrder, Selector,
     SeriesData, SeriesRequest, TaskLock, TaskRef, Usage,
 };
@@ -87,6 +87,20 @@ fn kinds(list: &[i32]) -> Result<Vec<Kind>, Status> {
             })
         })
         .collect()
+}
+
+fn new_series(s: pb::ScalarSeriesBatch) -> NewSeries {
+    NewSeries {
+        task_id: s.task_id,
+        model: s.model_event,
+        metric: s.metric,
+        variant: s.variant,
+        x_axis_label: s.x_axis_label,
+        iterations: s.iterations,
+        values: s.values,
+        timestamps_ms: s.timestamps_ms,
+        allow_locked: s.allow_locked,
+    }
 }
 
 fn new_event(e: pb::Event) -> NewEvent {
@@ -323,7 +337,11 @@ impl MetricsService for MetricsGrpc {
             .into());
         }
         let events = req.events.into_iter().map(new_event).collect();
-        let out = self.service.add_events(events, req.client_batch_id).await?;
+        let series = req.scalar_series.into_iter().map(new_series).collect();
+        let out = self
+            .service
+            .add_batch(events, series, req.client_batch_id)
+            .await?;
         Ok(Response::new(pb::AddEventsResponse {
             added: out.added,
             duplicates: out.duplicates,
@@ -331,13 +349,15 @@ impl MetricsService for MetricsGrpc {
                 .rejected
                 .into_iter()
                 .map(|r| pb::RejectedEvent {
-                    index: r.index,
+                    index: if r.series { 0 } else { r.index },
+                    series_index: r.series.then_some(r.index),
                     code: r.code.to_owned(),
                     reason: r.reason,
                 })
                 .collect(),
             errors_by_reason: out.by_reason.into_iter().collect(),
             rejected_count: out.rejected_count,
+            rejected_points: out.rejected_points,
         }))
     }
 

@@ -16,25 +16,25 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr,
-    EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QueryResult, QuerySelect,
-    SqliteTransactionMode, Statement, TransactionOptions, TransactionTrait, Value,
+    ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, DbErr, EntityTrait,
+    PaginatorTrait, QueryFilter, QueryOrder, QueryResult, QuerySelect, Statement, Value,
 };
 use sha2::Digest as _;
 use tasklab_error::{Error, Result};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
+use self::conn::{Tx, WriteDb};
 use crate::chunk::{self, CHUNK_MERGE_BELOW, CHUNK_TARGET, ChunkMeta, Point, Stats};
 use crate::downsample::{self, SINGLE_VALUE_ITER};
 use crate::entity::{retention_policy, task_lock};
 use crate::service::{
     DeleteSpec, Deleted, Direction, Event, GroupUsage, Kind, KindUsage, LogNotice, LogPosition,
     LogRow, Payload, RetentionAction, RetentionDone, RetentionPolicy, RetentionWork, Selector,
-    SeriesSummary, TaskLock, TaskRef, TaskState, Usage, ValidEvent, WriteBatch, WriteOutcome,
+    SeriesSource, SeriesSummary, TaskLock, TaskRef, TaskState, Usage, ValidEvent, WriteBatch,
+    WriteOutcome,
 };
 
 /// Most requests one transaction applies.
@@ -430,7 +430,12 @@ enum Done {
 impl Op {
     fn tasks(&self) -> Vec<TaskRef> {
         match self {
-            Op::Write(b) => b.events.iter().map(|e| e.task.clone()).collect(),
+            Op::Write(b) => b
+                .events
+                .iter()
+                .map(|e| e.task.clone())
+                .chain(b.series.iter().map(|s| s.task.clone()))
+                .collect(),
             Op::Locks(l, _) => l.iter().map(|l| l.task.clone()).collect(),
             Op::Delete(specs) => specs.iter().map(|s| s.task.clone()).collect(),
             Op::Retain(w) => vec![w.task.clone()],
@@ -472,7 +477,7 @@ pub(crate) struct SqlMetricsStore {
 impl SqlMetricsStore {
     /// A store reading through `read` and writing through `write` (the same
     /// pool on PostgreSQL; a one-connection pool on SQLite).
-    pub(crate) fn new(read: DatabaseConnection, write: DatabaseConnection) -> Self {
+    pub(crate) fn new(read: DatabaseConnection, write: WriteDb) -> Self {
         let backend = read.get_database_backend();
         let (tx, rx) = mpsc::channel(1024);
         let (logs, _) = broadcast::channel(4096);
@@ -506,32 +511,12 @@ impl SqlMetricsStore {
     }
 }
 
-/// Opens the write connection for `url`: on SQLite a single connection with
-/// `synchronous=FULL`, so a commit is fsynced before the writer answers.
-pub(crate) async fn connect_writer(url: &str) -> std::result::Result<DatabaseConnection, DbErr> {
-    if tasklab_db::Backend::of_url(url) != Some(tasklab_db::Backend::Sqlite) {
-        return tasklab_db::connect(url).await;
-    }
-    let mut opts = sea_orm::ConnectOptions::new(url.to_owned());
-    opts.sqlx_logging(false)
-        .max_connections(1)
-        .min_connections(1)
-        .connect_timeout(Duration::from_secs(10))
-        .map_sqlx_sqlite_opts(|o| {
-            use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
-            o.journal_mode(SqliteJournalMode::Wal)
-                .synchronous(SqliteSynchronous::Full)
-                .busy_timeout(Duration::from_secs(10))
-                .pragma("cache_size", "-65536")
-        });
-    sea_orm::Database::connect(opts).await
+/// Opens the writer's handle for `url` (see [`conn`]).
+pub(crate) async fn connect_writer(url: &str) -> std::result::Result<WriteDb, DbErr> {
+    conn::connect(url).await
 }
 
-async fn writer_loop(
-    db: DatabaseConnection,
-    mut rx: mpsc::Receiver<Job>,
-    logs: broadcast::Sender<LogNotice>,
-) {
+async fn writer_loop(db: WriteDb, mut rx: mpsc::Receiver<Job>, logs: broadcast::Sender<LogNotice>) {
     while let Some(first) = rx.recv().await {
         let mut jobs = vec![first];
         while jobs.len() < MAX_GROUP {
@@ -582,18 +567,11 @@ async fn writer_loop(
     }
 }
 
-async fn begin(db: &DatabaseConnection) -> Result<DatabaseTransaction> {
-    let options = match db.get_database_backend() {
-        DbBackend::Sqlite => TransactionOptions {
-            sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
-            ..TransactionOptions::default()
-        },
-        _ => TransactionOptions::default(),
-    };
-    db.begin_with_options(options).await.map_err(db_error)
+async fn begin(db: &WriteDb) -> Result<Tx<'_>> {
+    db.begin().await.map_err(db_error)
 }
 
-async fn lock_tasks(txn: &DatabaseTransaction, tasks: impl Iterator<Item = TaskRef>) -> Result<()> {
+async fn lock_tasks(txn: &Tx<'_>, tasks: impl Iterator<Item = TaskRef>) -> Result<()> {
     if txn.get_database_backend() != DbBackend::Postgres {
         return Ok(());
     }
@@ -612,7 +590,7 @@ async fn lock_tasks(txn: &DatabaseTransaction, tasks: impl Iterator<Item = TaskR
     Ok(())
 }
 
-async fn run_group(db: &DatabaseConnection, ops: &[&Op]) -> Result<(Vec<Done>, Notices)> {
+async fn run_group(db: &WriteDb, ops: &[&Op]) -> Result<(Vec<Done>, Notices)> {
     let txn = begin(db).await?;
     lock_tasks(&txn, ops.iter().flat_map(|op| op.tasks())).await?;
     let mut notices = Notices::default();
@@ -637,7 +615,7 @@ async fn run_group(db: &DatabaseConnection, ops: &[&Op]) -> Result<(Vec<Done>, N
     Ok((results, notices))
 }
 
-async fn run_alone(db: &DatabaseConnection, op: &Op, commit: bool) -> Result<(Done, Notices)> {
+async fn run_alone(db: &WriteDb, op: &Op, commit: bool) -> Result<(Done, Notices)> {
     if !commit {
         let txn = begin(db).await?;
         lock_tasks(&txn, op.tasks().into_iter()).await?;
@@ -650,7 +628,7 @@ async fn run_alone(db: &DatabaseConnection, op: &Op, commit: bool) -> Result<(Do
     Ok((results.pop().expect("one result"), notices))
 }
 
-async fn apply_other(txn: &DatabaseTransaction, op: &Op, notices: &mut Notices) -> Result<Done> {
+async fn apply_other(txn: &Tx<'_>, op: &Op, notices: &mut Notices) -> Result<Done> {
     match op {
         Op::Write(batch) => Ok(Done::Write(
             apply_writes(txn, &[batch], notices)
@@ -698,7 +676,7 @@ async fn apply_other(txn: &DatabaseTransaction, op: &Op, notices: &mut Notices) 
     }
 }
 
-async fn apply_locks(txn: &DatabaseTransaction, locks: &[TaskLock], now: i64) -> Result<u32> {
+async fn apply_locks(txn: &Tx<'_>, locks: &[TaskLock], now: i64) -> Result<u32> {
     let backend = txn.get_database_backend();
     let mut changed = 0;
     for lock in locks {
@@ -783,29 +761,63 @@ async fn load_series(
 
 type SeriesKey = (TaskRef, String, String);
 type RefKey<'a> = (&'a TaskRef, &'a str, &'a str);
+/// The points a group brings to one series: runs in arrival order, each
+/// with its x-axis label.
+type Runs<'a> = Vec<(&'a [Point], &'a str)>;
 
 /// Applies several requests' events in one transaction; one outcome each.
 async fn apply_writes(
-    txn: &DatabaseTransaction,
+    txn: &Tx<'_>,
     batches: &[&WriteBatch],
     notices: &mut Notices,
 ) -> Result<Vec<WriteOutcome>> {
     let backend = txn.get_database_backend();
     let tasks: Vec<TaskRef> = batches
         .iter()
-        .flat_map(|b| b.events.iter().map(|e| e.task.clone()))
+        .flat_map(|b| {
+            b.events
+                .iter()
+                .map(|e| &e.task)
+                .chain(b.series.iter().map(|s| &s.task))
+        })
         .collect::<HashSet<_>>()
         .into_iter()
+        .cloned()
         .collect();
     let locked = locked_in(txn, &tasks).await?;
 
     let mut outcomes = vec![WriteOutcome::default(); batches.len()];
-    let mut scalars: HashMap<RefKey<'_>, Vec<(Point, &str)>> = HashMap::new();
+    let mut scalars: HashMap<RefKey<'_>, Runs<'_>> = HashMap::new();
     let mut others: Vec<&ValidEvent> = Vec::new();
     let mut logs: Vec<Vec<&ValidEvent>> = vec![Vec::new(); batches.len()];
     // Per task: last iteration, last event time, last update.
     let mut states: HashMap<&TaskRef, (Option<i64>, i64, i64)> = HashMap::new();
     for (b, batch) in batches.iter().enumerate() {
+        for s in &batch.series {
+            if !locked.is_empty() && locked.contains(&s.task) && !s.allow_locked {
+                match &s.source {
+                    SeriesSource::Series(index) => outcomes[b]
+                        .locked_series
+                        .push((*index, s.points.len() as u32)),
+                    SeriesSource::Events(indexes) => outcomes[b].locked.extend(indexes),
+                }
+                continue;
+            }
+            let (last, ts) = s.extent();
+            let st = states
+                .entry(&s.task)
+                .or_insert((None, i64::MIN, batch.received_ms));
+            st.1 = st.1.max(ts);
+            st.2 = st.2.max(batch.received_ms);
+            if let Some(last) = last {
+                st.0 = Some(st.0.map_or(last, |i: i64| i.max(last)));
+            }
+            outcomes[b].added += s.points.len() as u32;
+            scalars
+                .entry((&s.task, s.metric.as_str(), s.variant.as_str()))
+                .or_default()
+                .push((&s.points, s.x_axis_label.as_str()));
+        }
         for e in &batch.events {
             if !locked.is_empty() && locked.contains(&e.task) && !e.allow_locked {
                 outcomes[b].locked.push(e.index);
@@ -821,23 +833,9 @@ async fn apply_writes(
                 st.0 = Some(st.0.map_or(e.iteration, |i: i64| i.max(e.iteration)));
             }
             match &e.payload {
-                Payload::Scalar {
-                    value,
-                    x_axis_label,
-                } => {
-                    outcomes[b].added += 1;
-                    scalars
-                        .entry((&e.task, e.metric.as_str(), e.variant.as_str()))
-                        .or_default()
-                        .push((
-                            Point {
-                                iter: e.iteration,
-                                ts: e.timestamp_ms,
-                                value: *value,
-                            },
-                            x_axis_label.as_str(),
-                        ));
-                }
+                // The service groups scalar events into series; `write`
+                // does the same for any that reach the store.
+                Payload::Scalar { .. } => {}
                 Payload::Log { .. } => logs[b].push(e),
                 _ => {
                     outcomes[b].added += 1;
@@ -901,10 +899,7 @@ async fn apply_writes(
     Ok(outcomes)
 }
 
-async fn write_scalars(
-    txn: &DatabaseTransaction,
-    scalars: HashMap<RefKey<'_>, Vec<(Point, &str)>>,
-) -> Result<()> {
+async fn write_scalars(txn: &Tx<'_>, scalars: HashMap<RefKey<'_>, Runs<'_>>) -> Result<()> {
     let task_ids: Vec<String> = scalars
         .keys()
         .map(|k| k.0.id.clone())
@@ -930,22 +925,22 @@ async fn write_scalars(
     let mut deletes: Vec<i64> = Vec::new();
     let mut recompute: Vec<i64> = Vec::new();
     let mut touched: Vec<SeriesRow> = Vec::new();
-    let mut scalars: Vec<(RefKey<'_>, Vec<(Point, &str)>)> = scalars.into_iter().collect();
+    let mut scalars: Vec<(RefKey<'_>, Runs<'_>)> = scalars.into_iter().collect();
     scalars.sort_by(|a, b| a.0.cmp(&b.0));
-    for ((task, metric, variant), points) in scalars {
+    for ((task, metric, variant), runs) in scalars {
         let key: SeriesKey = (task.clone(), metric.to_owned(), variant.to_owned());
         let mut row = match existing.remove(&key) {
             Some(row) => row,
             None => create_series(txn, &key).await?,
         };
-        let fix_sum = write_series(txn, &mut row, points, &mut inserts, &mut deletes).await?;
+        let fix_sum = write_series(txn, &mut row, &runs, &mut inserts, &mut deletes).await?;
         if fix_sum {
             recompute.push(row.summary.id);
         }
         touched.push(row);
     }
     delete_chunks(txn, &deletes).await?;
-    insert_chunks(txn, &inserts).await?;
+    insert_chunks(txn, inserts).await?;
     for id in recompute {
         let row = touched
             .iter_mut()
@@ -962,7 +957,7 @@ async fn write_scalars(
     update_series(txn, &touched).await
 }
 
-async fn create_series(txn: &DatabaseTransaction, key: &SeriesKey) -> Result<SeriesRow> {
+async fn create_series(txn: &Tx<'_>, key: &SeriesKey) -> Result<SeriesRow> {
     let mut row = SeriesRow {
         summary: SeriesSummary {
             id: 0,
@@ -1001,15 +996,15 @@ async fn create_series(txn: &DatabaseTransaction, key: &SeriesKey) -> Result<Ser
 /// Folds new points into a series; returns whether its sum must be
 /// recomputed from the chunks (a replaced value was infinite).
 async fn write_series(
-    txn: &DatabaseTransaction,
+    txn: &Tx<'_>,
     row: &mut SeriesRow,
-    mut points: Vec<(Point, &str)>,
+    runs: &[(&[Point], &str)],
     inserts: &mut Vec<NewChunk>,
     deletes: &mut Vec<i64>,
 ) -> Result<bool> {
     let s = &mut row.summary;
     // Min and max cover every value received, replaced ones included.
-    for (p, _) in &points {
+    for p in runs.iter().flat_map(|(points, _)| points.iter()) {
         let v = p.value;
         if v.is_nan() {
             continue;
@@ -1023,33 +1018,48 @@ async fn write_series(
             s.max_iter = p.iter;
         }
     }
-    // Last arrival wins within the request.
-    points.sort_by_key(|(p, _)| p.iter);
-    let mut fresh: Vec<(Point, &str)> = Vec::with_capacity(points.len());
-    for item in points {
-        match fresh.last_mut() {
-            Some(last) if last.0.iter == item.0.iter => *last = item,
-            _ => fresh.push(item),
-        }
+    // By iteration; of equal iterations the last arrival wins.
+    let mut new: Vec<Point> = Vec::with_capacity(runs.iter().map(|(p, _)| p.len()).sum());
+    for (points, _) in runs {
+        new.extend_from_slice(points);
     }
+    if !new.windows(2).all(|w| w[0].iter < w[1].iter) {
+        new.sort_by_key(|p| p.iter);
+        new.dedup_by(|later, earlier| {
+            if later.iter == earlier.iter {
+                *earlier = *later;
+                true
+            } else {
+                false
+            }
+        });
+    }
+    let (Some(&lowest), Some(&highest)) = (new.first(), new.last()) else {
+        return Ok(false);
+    };
     let was_empty = s.stats.count == 0;
-    for (i, (p, label)) in fresh.iter().enumerate() {
-        if (was_empty && i == 0) || p.iter <= s.first.0 {
-            s.first = (p.iter, p.ts, p.value);
-        }
-        if (was_empty && i == 0) || p.iter >= s.last.0 {
-            s.last = (p.iter, p.ts, p.value);
-            s.x_axis_label = (*label).to_owned();
+    if was_empty || lowest.iter <= s.first.0 {
+        s.first = (lowest.iter, lowest.ts, lowest.value);
+    }
+    if was_empty || highest.iter >= s.last.0 {
+        s.last = (highest.iter, highest.ts, highest.value);
+        // The label of the run the winning point came from: the last one
+        // holding that iteration.
+        if let Some((_, label)) = runs
+            .iter()
+            .rev()
+            .find(|(points, _)| points.iter().any(|p| p.iter == highest.iter))
+        {
+            (*label).clone_into(&mut s.x_axis_label);
         }
     }
-    let new: Vec<Point> = fresh.into_iter().map(|(p, _)| p).collect();
     let lo = new.first().map_or(0, |p| p.iter);
     let hi = new.last().map_or(0, |p| p.iter);
     let backend = txn.get_database_backend();
     let mut replaced: Vec<f64> = Vec::new();
     let append = s.max_stored_iter.is_none_or(|m| lo > m);
     if append {
-        let mut all = new.clone();
+        let mut with_tail = None;
         if let Some(start) = row.tail_start
             && new.len() < CHUNK_MERGE_BELOW
             && row.tail_count as usize + new.len() <= CHUNK_TARGET
@@ -1063,12 +1073,12 @@ async fn write_series(
                 let data: Vec<u8> = get(&tail, "data")?;
                 let mut merged = chunk::decode(&data).map_err(corrupt)?;
                 merged.extend_from_slice(&new);
-                all = merged;
+                with_tail = Some(merged);
                 deletes.push(get(&tail, "id")?);
                 s.bytes -= data.len() as i64 + CHUNK_OVERHEAD;
             }
         }
-        let (bytes, tail) = new_chunks(s.id, &all, inserts);
+        let (bytes, tail) = new_chunks(s.id, with_tail.as_deref().unwrap_or(&new), inserts);
         s.bytes += bytes;
         if let Some((start, count)) = tail {
             row.tail_start = Some(start);
@@ -1151,14 +1161,15 @@ async fn delete_chunks(conn: &impl ConnectionTrait, ids: &[i64]) -> Result<()> {
     Ok(())
 }
 
-async fn insert_chunks(conn: &impl ConnectionTrait, chunks: &[NewChunk]) -> Result<()> {
+async fn insert_chunks(conn: &impl ConnectionTrait, chunks: Vec<NewChunk>) -> Result<()> {
     let backend = conn.get_database_backend();
-    for part in chunks.chunks(ROWS_PER_STATEMENT) {
+    let mut chunks = chunks.into_iter().peekable();
+    while chunks.peek().is_some() {
         let mut sql = Sql::new(
             backend,
             "INSERT INTO scalar_chunks (series_id, start_iter, end_iter, summary, data) VALUES ",
         );
-        for (i, c) in part.iter().enumerate() {
+        for (i, c) in chunks.by_ref().take(ROWS_PER_STATEMENT).enumerate() {
             if i > 0 {
                 sql.push(", ");
             }
@@ -1168,7 +1179,7 @@ async fn insert_chunks(conn: &impl ConnectionTrait, chunks: &[NewChunk]) -> Resu
                 Value::from(m.start_iter),
                 Value::from(m.end_iter),
                 Value::Bytes(Some(m.to_bytes())),
-                Value::Bytes(Some(c.data.clone())),
+                Value::Bytes(Some(c.data)),
             ]);
         }
         conn.execute_raw(sql.build()).await.map_err(db_error)?;
@@ -1179,7 +1190,10 @@ async fn insert_chunks(conn: &impl ConnectionTrait, chunks: &[NewChunk]) -> Resu
 async fn update_series(conn: &impl ConnectionTrait, rows: &[SeriesRow]) -> Result<()> {
     let backend = conn.get_database_backend();
     let columns: Vec<&str> = SERIES_COLUMNS.split(", ").collect();
-    let updates: Vec<String> = columns[1..]
+    // Not the key (id, task, model, metric, variant), which never changes:
+    // a column in the SET list makes SQLite rewrite the unique index on the
+    // key too, one more page per series in every commit's WAL.
+    let updates: Vec<String> = columns[5..]
         .iter()
         .map(|c| format!("{c} = excluded.{c}"))
         .collect();
@@ -1297,11 +1311,7 @@ fn event_payload(e: &ValidEvent) -> (Vec<u8>, String, String) {
     }
 }
 
-async fn write_others(
-    txn: &DatabaseTransaction,
-    events: &[&ValidEvent],
-    received: i64,
-) -> Result<()> {
+async fn write_others(txn: &Tx<'_>, events: &[&ValidEvent], received: i64) -> Result<()> {
     let backend = txn.get_database_backend();
     // One row per key per statement (PostgreSQL refuses to upsert a row
     // twice in one statement): the last arrival wins.
@@ -1365,7 +1375,7 @@ async fn write_others(
 /// Inserts one request's log events, dropping repeats of (task, batch id,
 /// sequence); returns how many were new and adds them to `added`.
 async fn write_logs(
-    txn: &DatabaseTransaction,
+    txn: &Tx<'_>,
     batch: &WriteBatch,
     events: &[&ValidEvent],
     added: &mut Vec<LogRow>,
@@ -1442,11 +1452,7 @@ async fn write_logs(
 /// Rewrites a series from `points` (all it keeps), recomputing its summary;
 /// deletes the series when nothing is left. Min and max then cover the kept
 /// values only.
-async fn rewrite_series(
-    txn: &DatabaseTransaction,
-    mut row: SeriesRow,
-    points: Vec<Point>,
-) -> Result<()> {
+async fn rewrite_series(txn: &Tx<'_>, mut row: SeriesRow, points: Vec<Point>) -> Result<()> {
     let backend = txn.get_database_backend();
     delete_series_chunks(txn, row.summary.id).await?;
     if points.is_empty() {
@@ -1480,7 +1486,7 @@ async fn rewrite_series(
     s.bytes = bytes;
     row.tail_start = tail.map(|t| t.0);
     row.tail_count = tail.map_or(0, |t| t.1);
-    insert_chunks(txn, &inserts).await?;
+    insert_chunks(txn, inserts).await?;
     update_series(txn, &[row]).await
 }
 
@@ -1490,11 +1496,7 @@ fn kind_of_row(row: &QueryResult) -> Result<Kind> {
 }
 
 /// Deletes a task's events of some kinds (older than `before` when given).
-async fn delete_task(
-    txn: &DatabaseTransaction,
-    spec: &DeleteSpec,
-    notices: &mut Notices,
-) -> Result<Deleted> {
+async fn delete_task(txn: &Tx<'_>, spec: &DeleteSpec, notices: &mut Notices) -> Result<Deleted> {
     let backend = txn.get_database_backend();
     let task = &spec.task;
     let mut out = Deleted::default();
@@ -1630,7 +1632,7 @@ async fn delete_task(
 
 /// Applies a task's retention rules, delete rules first.
 async fn retain_task(
-    txn: &DatabaseTransaction,
+    txn: &Tx<'_>,
     work: &RetentionWork,
     notices: &mut Notices,
 ) -> Result<RetentionDone> {
@@ -1703,7 +1705,7 @@ async fn retain_task(
                     delete_series_chunks(txn, summary.id).await?;
                     let mut inserts = Vec::new();
                     let (bytes, tail) = new_chunks(summary.id, &kept, &mut inserts);
-                    insert_chunks(txn, &inserts).await?;
+                    insert_chunks(txn, inserts).await?;
                     done.deleted.bytes += (summary.bytes - bytes).max(0) as u64;
                     row.summary.bytes = bytes;
                     row.tail_start = tail.map(|t| t.0);
@@ -1822,7 +1824,17 @@ impl SqlMetricsStore {
 
 #[async_trait]
 impl MetricsStore for SqlMetricsStore {
-    async fn write(&self, batch: WriteBatch) -> Result<WriteOutcome> {
+    async fn write(&self, mut batch: WriteBatch) -> Result<WriteOutcome> {
+        if batch
+            .events
+            .iter()
+            .any(|e| matches!(e.payload, Payload::Scalar { .. }))
+        {
+            let (events, mut series) = crate::service::group_scalars(batch.events);
+            series.append(&mut batch.series);
+            batch.events = events;
+            batch.series = series;
+        }
         match self.submit(Op::Write(batch)).await? {
             Done::Write(o) => Ok(o),
             _ => Err(Error::internal(std::io::Error::other(
@@ -2335,6 +2347,8 @@ fn policy_from_model(m: retention_policy::Model) -> Result<RetentionPolicy> {
         updated_ms: Some(m.updated),
     })
 }
+
+mod conn;
 
 #[cfg(test)]
 mod tests;

@@ -1,5 +1,6 @@
 //! `kill -9` during ingestion loses no acknowledged event (embedded mode,
-//! SQLite), and retrying the last batch afterwards adds nothing twice.
+//! SQLite), and retrying the last batch afterwards adds nothing twice; with
+//! the scalars sent one event each and in columnar form.
 //!
 //! The test re-runs its own binary as a child that serves the metrics
 //! service and writes batches through gRPC, printing `ACK <n>` after each
@@ -17,11 +18,27 @@ use tasklab_proto::metrics::v1::*;
 use tasklab_server::Server;
 
 const DB_ENV: &str = "TASKLAB_METRICS_DURABILITY_URL";
+/// `columnar` makes the child send its scalars as one `ScalarSeriesBatch`.
+const FORM_ENV: &str = "TASKLAB_METRICS_DURABILITY_FORM";
 const POINTS: i64 = 1000;
 const LOGS: usize = 10;
 
-fn batch(n: i64) -> AddEventsRequest {
-    let mut events: Vec<Event> = (n * POINTS..(n + 1) * POINTS)
+fn batch(n: i64, columnar: bool) -> AddEventsRequest {
+    let iterations = n * POINTS..(n + 1) * POINTS;
+    let scalar_series = if columnar {
+        vec![ScalarSeriesBatch {
+            task_id: "t".into(),
+            metric: "m".into(),
+            variant: "v".into(),
+            iterations: iterations.clone().collect(),
+            values: iterations.clone().map(|i| i as f64).collect(),
+            ..ScalarSeriesBatch::default()
+        }]
+    } else {
+        Vec::new()
+    };
+    let scalars = if columnar { 0..0 } else { iterations };
+    let mut events: Vec<Event> = scalars
         .map(|i| Event {
             task_id: "t".into(),
             iteration: i,
@@ -46,6 +63,7 @@ fn batch(n: i64) -> AddEventsRequest {
     AddEventsRequest {
         events,
         client_batch_id: format!("batch-{n}"),
+        scalar_series,
     }
 }
 
@@ -74,10 +92,11 @@ async fn durability_child() {
     let Ok(url) = std::env::var(DB_ENV) else {
         panic!("{DB_ENV} is not set: this test only runs as a child process");
     };
+    let columnar = std::env::var(FORM_ENV).as_deref() == Ok("columnar");
     let (_running, mut client) = client(&url).await;
     let mut out = std::io::stdout();
     for n in 0.. {
-        client.add_events(batch(n)).await.unwrap();
+        client.add_events(batch(n, columnar)).await.unwrap();
         writeln!(out, "ACK {n}").unwrap();
         out.flush().unwrap();
     }
@@ -85,10 +104,20 @@ async fn durability_child() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_events_survive_kill_9() {
+    kill_9_loses_nothing(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_series_survive_kill_9() {
+    kill_9_loses_nothing(true).await;
+}
+
+async fn kill_9_loses_nothing(columnar: bool) {
     let db = tasklab_db::testing::TestDb::sqlite();
     let mut child = Command::new(std::env::current_exe().unwrap())
         .args(["durability_child", "--exact", "--ignored", "--nocapture"])
         .env(DB_ENV, &db.url)
+        .env(FORM_ENV, if columnar { "columnar" } else { "events" })
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -160,11 +189,15 @@ async fn acknowledged_events_survive_kill_9() {
 
     // The client retries its last acknowledged batch: nothing doubles.
     let retry = client
-        .add_events(batch(last_ack))
+        .add_events(batch(last_ack, columnar))
         .await
         .unwrap()
         .into_inner();
     assert_eq!(retry.duplicates as usize, LOGS);
+    assert_eq!(
+        retry.added as i64, POINTS,
+        "the points are replaced, the logs dropped"
+    );
     let after = client
         .get_task_metrics_summary(GetTaskMetricsSummaryRequest {
             task_ids: vec!["t".into()],

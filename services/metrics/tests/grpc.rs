@@ -42,7 +42,8 @@ macro_rules! both {
 both!(
     ingest_and_read_back,
     errors_carry_stable_codes,
-    live_tail_follows_and_ends
+    live_tail_follows_and_ends,
+    columnar_series_match_events_through_grpc,
 );
 
 async fn start(db: &TestDb) -> (Running, MetricsServiceClient<Channel>) {
@@ -112,6 +113,7 @@ async fn ingest_and_read_back(db: &TestDb) {
         .add_events(AddEventsRequest {
             events,
             client_batch_id: String::new(),
+            scalar_series: Vec::new(),
         })
         .await
         .unwrap()
@@ -236,6 +238,7 @@ async fn ingest_and_read_back(db: &TestDb) {
         .add_events(AddEventsRequest {
             events: vec![scalar("t", "loss", 6000, 1.0)],
             client_batch_id: String::new(),
+            scalar_series: Vec::new(),
         })
         .await
         .unwrap()
@@ -263,6 +266,7 @@ async fn errors_carry_stable_codes(db: &TestDb) {
         .add_events(AddEventsRequest {
             events,
             client_batch_id: String::new(),
+            scalar_series: Vec::new(),
         })
         .await
         .unwrap_err();
@@ -328,6 +332,7 @@ async fn live_tail_follows_and_ends(db: &TestDb) {
         .add_events(AddEventsRequest {
             events: vec![log("t", 1000, "stored"), log("t", 10, "too old")],
             client_batch_id: String::new(),
+            scalar_series: Vec::new(),
         })
         .await
         .unwrap();
@@ -355,6 +360,7 @@ async fn live_tail_follows_and_ends(db: &TestDb) {
                 log("t", 5, "live, old timestamp"),
             ],
             client_batch_id: String::new(),
+            scalar_series: Vec::new(),
         })
         .await
         .unwrap();
@@ -373,4 +379,158 @@ async fn live_tail_follows_and_ends(db: &TestDb) {
         .await
         .expect("the stream ends after a delete");
     assert!(end.is_none(), "{end:?}");
+}
+
+/// Points of `task` as one `Event` each and as one `ScalarSeriesBatch`.
+fn both_forms(
+    task: &str,
+    variant: &str,
+    iterations: &[i64],
+    value: impl Fn(i64) -> f64,
+) -> (Vec<Event>, ScalarSeriesBatch) {
+    let events = iterations
+        .iter()
+        .map(|&i| Event {
+            variant: variant.into(),
+            ..scalar(task, "loss", i, value(i))
+        })
+        .collect();
+    let series = ScalarSeriesBatch {
+        task_id: task.into(),
+        metric: "loss".into(),
+        variant: variant.into(),
+        iterations: iterations.to_vec(),
+        values: iterations.iter().map(|&i| value(i)).collect(),
+        timestamps_ms: iterations.iter().map(|&i| 1_700_000_000_000 + i).collect(),
+        ..ScalarSeriesBatch::default()
+    };
+    (events, series)
+}
+
+/// The columnar form through gRPC: per-series verdicts with
+/// `series_index`, and the same series, summaries and raw events as the
+/// same points sent one event each.
+async fn columnar_series_match_events_through_grpc(db: &TestDb) {
+    let (_running, mut client) = start(db).await;
+    let value = |i: i64| {
+        if i == 13 {
+            f64::NAN
+        } else {
+            (i % 17) as f64 * 0.5
+        }
+    };
+    let first: Vec<i64> = (0..2000).collect();
+    let second: Vec<i64> = (1500..1600).chain(2000..2100).collect();
+    for (n, iterations) in [first, second].iter().enumerate() {
+        let value = |i: i64| value(i) + n as f64;
+        let (events, _) = both_forms("ev", "train", iterations, value);
+        let (_, good) = both_forms("col", "train", iterations, value);
+        let mut bad = good.clone();
+        bad.timestamps_ms.pop();
+        let out = client
+            .add_events(AddEventsRequest {
+                events,
+                ..AddEventsRequest::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(out.added as usize, iterations.len());
+        let out = client
+            .add_events(AddEventsRequest {
+                events: vec![log("col", 5, "a log line beside the series")],
+                scalar_series: vec![bad, good],
+                client_batch_id: format!("b{n}"),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(out.added as usize, 1 + iterations.len());
+        assert_eq!(out.rejected_count, 1);
+        assert_eq!(out.rejected_points as usize, iterations.len());
+        assert_eq!(out.rejected.len(), 1);
+        let r = &out.rejected[0];
+        assert_eq!(
+            (r.series_index, r.index, r.code.as_str()),
+            (Some(0), 0, "invalid_series")
+        );
+        assert_eq!(out.errors_by_reason["invalid_series"], 1);
+    }
+
+    let read = |task: &str| GetScalarSeriesRequest {
+        task_id: task.into(),
+        samples: Some(150),
+        ..GetScalarSeriesRequest::default()
+    };
+    let mut ev = client
+        .get_scalar_series(read("ev"))
+        .await
+        .unwrap()
+        .into_inner()
+        .series;
+    let mut col = client
+        .get_scalar_series(read("col"))
+        .await
+        .unwrap()
+        .into_inner()
+        .series;
+    assert_eq!(ev.len(), 1);
+    assert_eq!(
+        (ev[0].task_id.as_str(), col[0].task_id.as_str()),
+        ("ev", "col")
+    );
+    ev[0].task_id.clear();
+    col[0].task_id.clear();
+    assert_eq!(format!("{ev:?}"), format!("{col:?}"));
+    assert_eq!(col[0].total_points, 2100);
+
+    let summary = client
+        .get_task_metrics_summary(GetTaskMetricsSummaryRequest {
+            task_ids: vec!["ev".into(), "col".into()],
+            ..GetTaskMetricsSummaryRequest::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .tasks;
+    assert_eq!(summary[0].last_iteration, Some(2099));
+    assert_eq!(summary[0].last_iteration, summary[1].last_iteration);
+    assert_eq!(
+        format!("{:?}", summary[0].metrics),
+        format!("{:?}", summary[1].metrics)
+    );
+    assert_eq!(summary[1].metrics[0].count, 2100);
+
+    let list = |task: &str| ListScalarEventsRequest {
+        task_id: task.into(),
+        page: Some(tasklab_proto::common::v1::PageRequest {
+            page_size: 10_000,
+            ..Default::default()
+        }),
+        ..ListScalarEventsRequest::default()
+    };
+    let ev = client
+        .list_scalar_events(list("ev"))
+        .await
+        .unwrap()
+        .into_inner()
+        .events;
+    let col = client
+        .list_scalar_events(list("col"))
+        .await
+        .unwrap()
+        .into_inner()
+        .events;
+    assert_eq!(ev.len(), 2100);
+    let strip = |events: Vec<Event>| {
+        events
+            .into_iter()
+            .map(|e| Event {
+                task_id: String::new(),
+                received: None,
+                ..e
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(format!("{:?}", strip(ev)), format!("{:?}", strip(col)));
 }

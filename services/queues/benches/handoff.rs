@@ -1,6 +1,8 @@
 //! Enqueue → pop handoffs per second, and the latency from an enqueue to a
 //! waiting worker receiving the task (p50, p99), on the SQL backend
-//! (SQLite file) and, when `TASKLAB_TEST_REDIS_URL` is set, on Redis.
+//! (SQLite file; PostgreSQL too when `TASKLAB_TEST_POSTGRES_URL` is set, on
+//! fewer tasks: each commit there waits for the server's fsync) and, when
+//! `TASKLAB_TEST_REDIS_URL` is set, on Redis.
 //! Measures the domain core in-process (no gRPC hop), then the same latency
 //! through the real gRPC surface for the SQL backend: a client calls
 //! `PopEntry` (waiting) and another `AddEntry` on a server on loopback; the
@@ -25,16 +27,25 @@ use tasklab_queues::store::Store;
 use tokio::time::Instant;
 
 const THROUGHPUT_TASKS: usize = 5_000;
+/// Handoffs per throughput run on PostgreSQL.
+const PG_TASKS: usize = 500;
 const LATENCY_SAMPLES: usize = 1_000;
 
 async fn service(backend: &str, dir: &std::path::Path) -> Option<(QueueService, String)> {
-    let url = tasklab_db::sqlite_url(&dir.join(format!("{backend}.db")));
+    let url = match backend {
+        "pg" => {
+            tasklab_db::testing::TestDb::postgres("handoff bench")
+                .await?
+                .url
+        }
+        _ => tasklab_db::sqlite_url(&dir.join(format!("{backend}.db"))),
+    };
     let db = tasklab_db::connect_and_migrate::<Migrator>(&url)
         .await
         .unwrap();
     let hub = Arc::new(WakeHub::default());
     let b: Arc<dyn QueueBackend> = match backend {
-        "sql" => Arc::new(SqlBackend::new(db.clone()).await.unwrap()),
+        "sql" | "pg" => Arc::new(SqlBackend::new(db.clone()).await.unwrap()),
         _ => {
             let url = std::env::var("TASKLAB_TEST_REDIS_URL").ok()?;
             let prefix = format!("tasklab-bench-{}", uuid::Uuid::new_v4().simple());
@@ -72,7 +83,7 @@ fn pop(q: &str) -> PopRequest {
     }
 }
 
-async fn throughput(svc: &QueueService, q: &str, clients: usize) -> f64 {
+async fn throughput(svc: &QueueService, q: &str, clients: usize, tasks: usize) -> f64 {
     let done = Arc::new(AtomicUsize::new(0));
     let mut workers = Vec::new();
     for w in 0..clients {
@@ -83,7 +94,7 @@ async fn throughput(svc: &QueueService, q: &str, clients: usize) -> f64 {
                 wait: Duration::from_millis(200),
                 ..pop(&q)
             };
-            while done.load(Ordering::SeqCst) < THROUGHPUT_TASKS {
+            while done.load(Ordering::SeqCst) < tasks {
                 if let Some((_, lease)) = svc.pop(req.clone()).await.unwrap() {
                     svc.ack(&LeaseTarget::LeaseId(lease.lease_id), "")
                         .await
@@ -98,7 +109,7 @@ async fn throughput(svc: &QueueService, q: &str, clients: usize) -> f64 {
     for p in 0..clients {
         let (svc, q) = (svc.clone(), q.to_owned());
         producers.push(tokio::spawn(async move {
-            for i in (p..THROUGHPUT_TASKS).step_by(clients) {
+            for i in (p..tasks).step_by(clients) {
                 svc.add_entry(&q, &format!("tp-{clients}-{i}"), 0, false)
                     .await
                     .unwrap();
@@ -108,7 +119,7 @@ async fn throughput(svc: &QueueService, q: &str, clients: usize) -> f64 {
     for h in producers.into_iter().chain(workers) {
         h.await.unwrap();
     }
-    THROUGHPUT_TASKS as f64 / start.elapsed().as_secs_f64()
+    tasks as f64 / start.elapsed().as_secs_f64()
 }
 
 async fn latency(svc: &QueueService, q: &str) -> (Duration, Duration) {
@@ -244,15 +255,25 @@ fn main() {
         .unwrap();
     rt.block_on(async {
         let dir = tempfile::tempdir().unwrap();
-        for backend in ["sql", "redis"] {
+        for backend in ["sql", "pg", "redis"] {
             let Some((svc, q)) = service(backend, dir.path()).await else {
-                println!("{backend}: SKIPPED (set TASKLAB_TEST_REDIS_URL)");
+                let var = if backend == "pg" {
+                    "TASKLAB_TEST_POSTGRES_URL"
+                } else {
+                    "TASKLAB_TEST_REDIS_URL"
+                };
+                println!("{backend}: SKIPPED (set {var})");
                 continue;
             };
+            let tasks = if backend == "pg" {
+                PG_TASKS
+            } else {
+                THROUGHPUT_TASKS
+            };
             for clients in [1, 4] {
-                let rate = throughput(&svc, &q, clients).await;
+                let rate = throughput(&svc, &q, clients, tasks).await;
                 println!(
-                    "{backend:>5}: {rate:>8.0} handoffs/s ({THROUGHPUT_TASKS} tasks, {clients} producers, {clients} workers, each pop acked)"
+                    "{backend:>5}: {rate:>8.0} handoffs/s ({tasks} tasks, {clients} producers, {clients} workers, each pop acked)"
                 );
             }
             let (p50, p99) = latency(&svc, &q).await;

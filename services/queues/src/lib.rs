@@ -20,9 +20,10 @@
 //! Wake-ups: a pop that finds its queues empty waits on an in-process
 //! `tokio::sync::Notify` per queue ([`service::WakeHub`]); every push of this
 //! process (add, release, reaped lease, reconciliation) signals it at once.
-//! With Redis, every push script also `PUBLISH`es the queue id on the
-//! backend's wake channel, and each replica runs one subscriber that
-//! signals its own hub, so replicas wake each other. A waiter always retries
+//! With Redis, each replica runs one subscriber on its own channel that
+//! signals its own hub, and every push script also `PUBLISH`es the queue id
+//! to the channel of every other replica, so replicas wake each other (keys
+//! and channels live under `queues.redis_prefix`). A waiter always retries
 //! the pop after registering, so no push between its pop and its wait is
 //! missed; there is no polling interval.
 //!
@@ -99,8 +100,14 @@ pub async fn build(
                     "the redis queue backend needs redis_url",
                 )
             })?;
-            let redis =
-                backend::redis::RedisBackend::connect(url, backend::redis::DEFAULT_PREFIX).await?;
+            let prefix = settings.queues.redis_prefix.as_str();
+            if prefix.is_empty() {
+                return Err(Error::new(
+                    ErrorCode::InvalidArgument,
+                    "queues.redis_prefix must not be empty",
+                ));
+            }
+            let redis = backend::redis::RedisBackend::connect(url, prefix).await?;
             redis.spawn_wake_listener(hub.clone());
             Arc::new(redis)
         }
@@ -139,11 +146,13 @@ pub fn spawn_reaper(
 
 /// Connects to the service's database at `database_url` (`sqlite://` or
 /// `postgres://`), applies its migrations, opens the queue backend chosen by
-/// `settings.queues.backend` (`redis` needs `settings.redis_url`), starts the
-/// reaper, and adds `QueuesService` and `WorkersService` to `server`.
+/// `settings.queues.backend` (`redis` needs `settings.redis_url` and keeps
+/// its keys under `settings.queues.redis_prefix`), starts the reaper, and
+/// adds `QueuesService` and `WorkersService` to `server`.
 ///
 /// Fails with `unavailable` when the database or Redis cannot be reached,
-/// and with `invalid_argument` when Redis is chosen without a URL.
+/// and with `invalid_argument` when Redis is chosen without a URL or with
+/// an empty prefix.
 pub async fn mount(
     server: tasklab_server::Server,
     settings: &tasklab_config::Settings,

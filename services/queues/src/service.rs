@@ -671,6 +671,9 @@ const MAX_TAGS: usize = 100;
 const MAX_LEN: usize = 255;
 const MAX_TASK_ID: usize = 128;
 const MAX_BATCH: usize = 10_000;
+/// How long current-task notes of acknowledged leases gather before they
+/// are written in one flush.
+const NOTE_COALESCE: Duration = Duration::from_millis(20);
 
 fn dedupe(tags: Vec<String>, field: &str) -> Result<Vec<String>> {
     let mut seen = HashSet::new();
@@ -1358,7 +1361,8 @@ impl QueueService {
         Ok(acked)
     }
 
-    /// Queues a worker's current-task note and schedules a flush.
+    /// Queues a worker's current-task note and schedules a flush within
+    /// [`NOTE_COALESCE`].
     fn note_current_task(&self, lease: &Lease, now: DateTime<Utc>) {
         let notes = &self.inner.notes;
         notes
@@ -1372,6 +1376,10 @@ impl QueueService {
         if !notes.scheduled.swap(true, Ordering::SeqCst) {
             let svc = self.clone();
             tokio::spawn(async move {
+                // Coalesce: a busy worker acknowledges many leases a second,
+                // and only its latest task matters. Reads flush first, so
+                // they never see the delay.
+                tokio::time::sleep(NOTE_COALESCE).await;
                 svc.inner.notes.scheduled.store(false, Ordering::SeqCst);
                 if let Err(err) = svc.flush_notes().await {
                     err.log();

@@ -297,6 +297,9 @@ pub struct QueueSettings {
     pub lost_worker_action: LostWorkerAction,
     /// How often the reaper and the reconciler run.
     pub reaper_interval_secs: u64,
+    /// Prefix of every Redis key (and channel) of the Redis queue backend,
+    /// so deployments sharing one Redis database keep apart.
+    pub redis_prefix: String,
 }
 
 impl Default for QueueSettings {
@@ -307,6 +310,7 @@ impl Default for QueueSettings {
             worker_timeout_secs: 45,
             lost_worker_action: LostWorkerAction::Fail,
             reaper_interval_secs: 5,
+            redis_prefix: "tasklab:queues".to_owned(),
         }
     }
 }
@@ -387,7 +391,7 @@ impl Settings {
 /// of digits, a bucket called `2024`).
 fn is_string_field(path: &[String]) -> bool {
     const TEXT_SUFFIXES: &[&str] = &[
-        "key", "secret", "url", "endpoint", "bucket", "region", "filter", "dir", "key_id",
+        "key", "secret", "url", "endpoint", "bucket", "region", "filter", "dir", "key_id", "prefix",
     ];
     path.last()
         .is_some_and(|last| TEXT_SUFFIXES.iter().any(|s| last.ends_with(s)))
@@ -499,6 +503,23 @@ mod tests {
         )
         .unwrap();
         assert_eq!(s.failpoints, "enqueue-between-steps,dequeue-between-steps");
+    }
+
+    #[test]
+    fn queues_redis_prefix_defaults_and_overlays() {
+        assert_eq!(Settings::default().queues.redis_prefix, "tasklab:queues");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tasklab.toml");
+        std::fs::write(&path, "[queues]\nredis_prefix = \"tasklab:staging\"\n").unwrap();
+        let s = Settings::load(Some(&path), env(&[])).unwrap();
+        assert_eq!(s.queues.redis_prefix, "tasklab:staging");
+        // Text even when it looks like a number.
+        let s = Settings::load(
+            Some(&path),
+            env(&[("TASKLAB_QUEUES__REDIS_PREFIX", "2024")]),
+        )
+        .unwrap();
+        assert_eq!(s.queues.redis_prefix, "2024");
     }
 
     #[test]

@@ -110,6 +110,12 @@ fn constant_time_eq(a: &str, b: &str) -> bool {
             == 0
 }
 
+/// Compares two secrets in constant time (of their digests, so the length
+/// of neither leaks).
+pub(super) fn same_secret(a: &str, b: &str) -> bool {
+    constant_time_eq(&hash("", a), &hash("", b))
+}
+
 fn now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -238,6 +244,17 @@ impl RedisStore {
             .map_err(redis_error)
     }
 
+    /// Stores `credential` unless its access key has a record; true when
+    /// stored (atomic across replicas: `HSETNX`).
+    async fn insert_absent(&self, credential: &Credential) -> Result<bool, Error> {
+        let json = serde_json::to_string(credential).map_err(Error::internal)?;
+        self.conn()
+            .await?
+            .hset_nx(&self.key, &credential.access_key, json)
+            .await
+            .map_err(redis_error)
+    }
+
     async fn get(&self, access_key: &str) -> Result<Option<Credential>, Error> {
         let json: Option<String> = self
             .conn()
@@ -352,6 +369,23 @@ impl CredentialStore {
             }
             None if self.list().await?.iter().any(|c| !c.revoked) => Ok(None),
             None => self.create().await.map(Some),
+        }
+    }
+
+    /// Stores the pair only when `access_key` has no record at all (not
+    /// even a revoked one): how a configured credential comes back after
+    /// its store lost it (a Redis that restarted empty), without undoing a
+    /// revocation. True when it was stored.
+    pub async fn restore(&self, access_key: &str, secret_key: &str) -> Result<bool, Error> {
+        let credential = new_record(access_key, secret_key);
+        match self {
+            CredentialStore::File(f) => {
+                if f.get(access_key)?.is_some() {
+                    return Ok(false);
+                }
+                f.insert(credential).map(|()| true)
+            }
+            CredentialStore::Redis(r) => r.insert_absent(&credential).await,
         }
     }
 

@@ -154,6 +154,9 @@ pub struct Authenticator {
     signer: TokenSigner,
     max_ttl_secs: i64,
     active: Arc<Mutex<ActiveKeys>>,
+    /// The configured first credential (settings `auth.access_key` /
+    /// `auth.secret_key`), restored into the store when it has lost it.
+    configured: Option<(String, String)>,
 }
 
 impl Authenticator {
@@ -173,7 +176,40 @@ impl Authenticator {
                 .unwrap_or(i64::MAX)
                 .max(MIN_TOKEN_TTL_SECS),
             active: Arc::new(Mutex::new(ActiveKeys::default())),
+            configured: None,
         }
+    }
+
+    /// Remembers the configured first credential, so that a store that lost
+    /// it (a Redis restarted empty while the gateway runs) gets it back on
+    /// its next use instead of refusing every client until a restart.
+    /// A revoked record stays revoked: only a missing one is restored.
+    #[must_use]
+    pub fn with_configured(mut self, access_key: &str, secret_key: &str) -> Authenticator {
+        if !access_key.is_empty() && !secret_key.is_empty() {
+            self.configured = Some((access_key.to_owned(), secret_key.to_owned()));
+        }
+        self
+    }
+
+    /// Restores the configured credential when `access_key` names it and
+    /// the store has no record of it; `secret_key`, when given, must match.
+    async fn restore_configured(
+        &self,
+        access_key: &str,
+        secret_key: Option<&str>,
+    ) -> Result<bool, Error> {
+        let Some((key, secret)) = &self.configured else {
+            return Ok(false);
+        };
+        if key != access_key || secret_key.is_some_and(|s| !credentials::same_secret(s, secret)) {
+            return Ok(false);
+        }
+        let restored = self.store.restore(key, secret).await?;
+        if restored {
+            tracing::warn!(access_key = %key, "configured credential was missing from the store: restored");
+        }
+        Ok(restored)
     }
 
     /// The longest lifetime of an issued token.
@@ -187,7 +223,11 @@ impl Authenticator {
         access_key: &str,
         secret_key: &str,
     ) -> Result<Identity, Error> {
-        if self.store.verify(access_key, secret_key).await? {
+        if self.store.verify(access_key, secret_key).await?
+            || self
+                .restore_configured(access_key, Some(secret_key))
+                .await?
+        {
             Ok(Identity::for_access_key(access_key))
         } else {
             Err(Error::new(
@@ -202,11 +242,10 @@ impl Authenticator {
             CredentialStore::File(file) => file,
             // Shared with other replicas: always ask.
             CredentialStore::Redis(_) => {
-                return Ok(self
-                    .store
-                    .get(access_key)
-                    .await?
-                    .is_some_and(|c| !c.revoked));
+                return match self.store.get(access_key).await? {
+                    Some(c) => Ok(!c.revoked),
+                    None => self.restore_configured(access_key, None).await,
+                };
             }
         };
         let stamp = file.stamp();
@@ -349,5 +388,86 @@ mod tests {
             code(auth.authenticate_header(Some(&bearer)).await),
             ErrorCode::InvalidToken
         );
+    }
+    /// A Redis that restarted empty under a running gateway: the configured
+    /// credential comes back on its next use (login and tokens), a revoked
+    /// one stays revoked, and no other key is let in.
+    #[tokio::test]
+    async fn configured_credential_survives_an_emptied_redis() {
+        use redis::AsyncCommands as _;
+        let Some(url) = tasklab_db::testing::require_env(
+            "TASKLAB_TEST_REDIS_URL",
+            "Redis",
+            "configured_credential_survives_an_emptied_redis",
+        ) else {
+            return;
+        };
+        let key = format!("tasklab:test:credentials:restore:{}", uuid::Uuid::new_v4());
+        let store = CredentialStore::redis_with_key(&url, &key).unwrap();
+        store
+            .ensure_first(Some(("AK", "first-secret")))
+            .await
+            .unwrap();
+        let other = store.create().await.unwrap();
+        let auth = Authenticator::with_store(store.clone(), b"s", 3600)
+            .with_configured("AK", "first-secret");
+        let basic = |a: &str, s: &str| format!("Basic {}", STANDARD.encode(format!("{a}:{s}")));
+        let identity = auth
+            .authenticate_header(Some(&basic("AK", "first-secret")))
+            .await
+            .unwrap();
+        let bearer = format!("Bearer {}", auth.issue(identity, Some(60)));
+        let other_bearer = format!(
+            "Bearer {}",
+            auth.issue(Identity::for_access_key(&other.access_key), Some(60))
+        );
+
+        // Redis loses everything.
+        let client = redis::Client::open(url.as_str()).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        conn.del::<_, ()>(&key).await.unwrap();
+
+        // A token of the configured key is still good, and restores it.
+        assert!(auth.authenticate_header(Some(&bearer)).await.is_ok());
+        assert!(store.verify("AK", "first-secret").await.unwrap());
+        conn.del::<_, ()>(&key).await.unwrap();
+        // So is a login with the configured pair; a wrong secret is not.
+        let code = |r: Result<Identity, Error>| r.unwrap_err().code();
+        assert_eq!(
+            code(auth.authenticate_header(Some(&basic("AK", "wrong"))).await),
+            ErrorCode::InvalidCredentials
+        );
+        assert!(store.get("AK").await.unwrap().is_none());
+        assert!(
+            auth.authenticate_header(Some(&basic("AK", "first-secret")))
+                .await
+                .is_ok()
+        );
+        // A credential that was not configured is gone for good.
+        assert_eq!(
+            code(auth.authenticate_header(Some(&other_bearer)).await),
+            ErrorCode::InvalidToken
+        );
+        assert_eq!(
+            code(
+                auth.authenticate_header(Some(&basic(&other.access_key, &other.secret_key)))
+                    .await
+            ),
+            ErrorCode::InvalidCredentials
+        );
+        // A revoked configured credential is not brought back.
+        store.revoke("AK").await.unwrap();
+        assert_eq!(
+            code(auth.authenticate_header(Some(&bearer)).await),
+            ErrorCode::InvalidToken
+        );
+        assert_eq!(
+            code(
+                auth.authenticate_header(Some(&basic("AK", "first-secret")))
+                    .await
+            ),
+            ErrorCode::InvalidCredentials
+        );
+        conn.del::<_, ()>(&key).await.unwrap();
     }
 }

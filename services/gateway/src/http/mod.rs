@@ -12,15 +12,18 @@
 //!    the limit ([`crate::GatewayConfig::max_body_bytes`], 32 MiB by default)
 //!    is 413;
 //! 3. authentication: `Bearer` token or `Basic` key pair (401 otherwise);
-//! 4. decoding: JSON object (or JSON lines for `events.add_batch`), query
-//!    string arguments merged in, `null`s dropped, unknown fields ignored;
-//!    malformed JSON or a wrong type is a 400 envelope;
+//! 4. decoding: JSON object, query string arguments merged in, `null`s
+//!    dropped, unknown fields ignored; malformed JSON or a wrong type is a
+//!    400 envelope. The JSON lines of `events.add_batch` are the exception:
+//!    the raw body goes to the handler, which decodes it straight into typed
+//!    events borrowing from it (module `batch`), with the same leniency;
 //! 5. the handler, whose result or error becomes the envelope; the HTTP
 //!    status always equals `meta.result_code`.
 //!
 //! Responses are gzip-compressed when the client accepts it.
 
 pub(crate) mod args;
+pub(crate) mod batch;
 pub(crate) mod convert;
 pub mod envelope;
 mod handlers;
@@ -30,10 +33,10 @@ use std::sync::{Arc, LazyLock};
 
 use axum::extract::{Request, State};
 use axum::response::Response;
+use bytes::Bytes;
 use futures::future::BoxFuture;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
-use sha2::{Digest as _, Sha256};
 use tasklab_error::{Error, ErrorCode};
 
 use crate::Inner;
@@ -76,12 +79,12 @@ pub(crate) struct Call {
     pub(crate) gw: Arc<Inner>,
     pub(crate) identity: Identity,
     pub(crate) endpoint: Endpoint,
-    /// The body object, with query arguments merged in and `null`s removed.
+    /// The body object, with query arguments merged in and `null`s removed
+    /// (for `events.add_batch`, the query arguments only).
     pub(crate) body: Value,
-    /// The events of a JSON-lines body (`events.add_batch`).
-    pub(crate) batch: Vec<Value>,
-    /// SHA-256 (hex) of the raw body, a stable id for retried batches.
-    pub(crate) body_sha256: String,
+    /// The raw body of `events.add_batch`, JSON lines its handler decodes
+    /// ([`batch::for_each_event`]); empty for every other endpoint.
+    pub(crate) raw: Bytes,
     /// The worker named by `X-ClearML-Worker` (or `X-Trains-Worker`).
     pub(crate) worker: String,
     /// The client address from `X-Forwarded-For`, when a proxy sets it.
@@ -285,13 +288,11 @@ async fn prepare(gw: Arc<Inner>, endpoint: &Endpoint, req: Request) -> Result<Ca
     let bytes = axum::body::to_bytes(req.into_body(), limit)
         .await
         .map_err(|_| too_large(limit))?;
-    let body_sha256 = hex::encode(Sha256::digest(&bytes));
 
-    let is_batch = endpoint.name == "events.add_batch";
-    let (mut body, batch) = if is_batch {
-        (Value::Object(Map::new()), parse_lines(&bytes)?)
+    let (mut body, raw) = if endpoint.name == "events.add_batch" {
+        (Value::Object(Map::new()), bytes)
     } else {
-        (parse_object(&bytes)?, Vec::new())
+        (parse_object(&bytes)?, Bytes::new())
     };
     if let Value::Object(map) = &mut body {
         for (k, v) in args::query_args(&query) {
@@ -304,8 +305,7 @@ async fn prepare(gw: Arc<Inner>, endpoint: &Endpoint, req: Request) -> Result<Ca
         identity,
         endpoint: endpoint.clone(),
         body,
-        batch,
-        body_sha256,
+        raw,
         worker,
         client_ip,
     })
@@ -340,34 +340,6 @@ fn kind(v: &Value) -> &'static str {
     }
 }
 
-/// JSON lines (one event object per line), or a JSON list of objects.
-fn parse_lines(bytes: &[u8]) -> Result<Vec<Value>, Error> {
-    let text = std::str::from_utf8(bytes)
-        .map_err(|_| malformed("request body is not UTF-8".to_owned()))?;
-    if let Ok(Value::Array(items)) = serde_json::from_str::<Value>(text) {
-        return Ok(items);
-    }
-    let mut out = Vec::new();
-    for (n, line) in text.lines().enumerate() {
-        let line = line.trim();
-        if line.is_empty() {
-            continue;
-        }
-        let mut value: Value = serde_json::from_str(line)
-            .map_err(|e| malformed(format!("line {} is not valid JSON: {e}", n + 1)))?;
-        if !value.is_object() {
-            return Err(malformed(format!(
-                "line {} must be a JSON object, not {}",
-                n + 1,
-                kind(&value)
-            )));
-        }
-        args::strip_nulls(&mut value);
-        out.push(value);
-    }
-    Ok(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -391,13 +363,11 @@ mod tests {
 
     #[test]
     fn json_lines_and_objects() {
-        let lines = parse_lines(b"{\"a\":1}\n\n{\"b\":null}\n").unwrap();
-        assert_eq!(
-            lines,
-            vec![serde_json::json!({"a":1}), serde_json::json!({})]
-        );
-        assert!(parse_lines(b"{\"a\":1}\n[1]").is_err());
-        assert!(parse_lines(b"{\"a\":").is_err());
+        let mut lines = 0;
+        batch::for_each_event(b"{\"a\":1}\n\n{\"b\":null}\n", |_| lines += 1).unwrap();
+        assert_eq!(lines, 2);
+        assert!(batch::for_each_event(b"{\"a\":1}\n[1]", |_| {}).is_err());
+        assert!(batch::for_each_event(b"{\"a\":", |_| {}).is_err());
         assert_eq!(parse_object(b"  ").unwrap(), serde_json::json!({}));
         assert!(parse_object(b"[1]").is_err());
         assert!(parse_object(b"{").is_err());

@@ -51,6 +51,11 @@ both!(
     usage_and_retention,
     concurrent_writers_share_commits,
     raw_scalars_are_keyset_paged,
+    columnar_series_store_what_events_store,
+    bad_series_never_sink_the_batch,
+    series_limits_are_clear_errors,
+    locked_tasks_refuse_whole_series,
+    resent_series_are_idempotent_and_later_points_win,
 );
 
 async fn service(url: &str) -> MetricsService {
@@ -1203,4 +1208,493 @@ async fn tail_streams_are_limited() {
     assert_eq!(err.fields()["reason"], "too_many_streams");
     drop(a);
     assert!(svc.tail_permit().is_ok());
+}
+
+/// A scalar series in columnar form with one timestamp per point.
+fn series(task: &str, metric: &str, variant: &str, points: &[(i64, f64)]) -> NewSeries {
+    NewSeries {
+        task_id: task.into(),
+        metric: metric.into(),
+        variant: variant.into(),
+        iterations: points.iter().map(|p| p.0).collect(),
+        values: points.iter().map(|p| p.1).collect(),
+        timestamps_ms: points
+            .iter()
+            .map(|p| 1_700_000_000_000 + p.0.clamp(-1000, 1_000_000_000))
+            .collect(),
+        ..NewSeries::default()
+    }
+}
+
+/// Every stored point of a task in (metric, variant, iteration) order, with
+/// its timestamp and the bits of its value (so NaN compares equal).
+async fn stored(svc: &MetricsService, task: &str) -> Vec<(String, String, i64, i64, u64)> {
+    let page = svc
+        .list_scalars(ScalarListRequest {
+            task: TaskRef {
+                id: task.into(),
+                model: false,
+            },
+            selectors: vec![],
+            min_iteration: None,
+            max_iteration: None,
+            include_single_values: true,
+            page: Page {
+                size: 10_000,
+                token: String::new(),
+                include_total: false,
+            },
+            order: ScalarOrder::Iteration,
+            descending: false,
+        })
+        .await
+        .unwrap();
+    assert!(page.next_token.is_empty());
+    let mut out: Vec<_> = page
+        .items
+        .into_iter()
+        .map(|e| {
+            let Payload::Scalar { value, .. } = e.payload else {
+                panic!("not a scalar");
+            };
+            (
+                e.metric,
+                e.variant,
+                e.iteration,
+                e.timestamp_ms,
+                value.to_bits(),
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// A series summary without its ids, floats as bits.
+fn summary_key(s: &SeriesSummary) -> Vec<String> {
+    let f = |v: f64| format!("{:x}", v.to_bits());
+    vec![
+        s.metric.clone(),
+        s.variant.clone(),
+        s.x_axis_label.clone(),
+        s.stats.count.to_string(),
+        s.stats.nonnan.to_string(),
+        f(s.stats.sum),
+        f(s.stats.min),
+        f(s.stats.max),
+        s.min_iter.to_string(),
+        s.max_iter.to_string(),
+        format!("{} {} {}", s.first.0, s.first.1, f(s.first.2)),
+        format!("{} {} {}", s.last.0, s.last.1, f(s.last.2)),
+        format!("{:?}", s.max_stored_iter),
+        s.bytes.to_string(),
+    ]
+}
+
+/// The same writes through scalar events (task `ev`) and through the
+/// columnar form (task `col`) store the same points and summaries: appends,
+/// small appends into the tail chunk, out-of-order rewrites, repeats,
+/// NaN and infinities, single values, labels.
+async fn columnar_series_store_what_events_store(url: &str) {
+    let svc = service(url).await;
+    type Write = Vec<(&'static str, &'static str, &'static str, Vec<(i64, f64)>)>;
+    let loss: Vec<(i64, f64)> = (0..300)
+        .map(|i| match i {
+            7 => (i, f64::NAN),
+            11 => (i, f64::INFINITY),
+            _ => (i, ((i * 37) % 101) as f64 / 7.0),
+        })
+        .collect();
+    let acc: Vec<(i64, f64)> = (0..100)
+        .map(|i| (i * 3, if i == 50 { f64::NEG_INFINITY } else { i as f64 }))
+        .collect();
+    let writes: Vec<Write> = vec![
+        vec![
+            ("loss", "train", "", loss),
+            ("acc", "val", "", acc),
+            ("Summary", "best", "", vec![(SINGLE_VALUE_ITER, 0.75)]),
+        ],
+        // Rewrites below the highest iteration, a repeat within the batch
+        // (the later one wins), an append, a new label.
+        vec![
+            (
+                "loss",
+                "train",
+                "epochs",
+                (150..160)
+                    .map(|i| (i, -(i as f64)))
+                    .chain([(50, 1.0), (50, 2.0)])
+                    .chain((400..405).map(|i| (i, i as f64)))
+                    .collect(),
+            ),
+            ("Summary", "best", "", vec![(SINGLE_VALUE_ITER, 0.5)]),
+        ],
+        // A small append merged into the tail chunk.
+        vec![(
+            "loss",
+            "train",
+            "epochs",
+            (405..410).map(|i| (i, 0.5)).collect(),
+        )],
+    ];
+    for write in &writes {
+        let mut events = Vec::new();
+        let mut batch = Vec::new();
+        for (metric, variant, label, points) in write {
+            for &(iter, value) in points {
+                let mut e = scalar("ev", metric, variant, iter, value);
+                e.payload = Some(Payload::Scalar {
+                    value,
+                    x_axis_label: (*label).into(),
+                });
+                events.push(e);
+            }
+            let mut s = series("col", metric, variant, points);
+            s.x_axis_label = (*label).into();
+            batch.push(s);
+        }
+        let n = events.len() as u32;
+        let by_events = svc.add_events(events, String::new()).await.unwrap();
+        let by_series = svc
+            .add_batch(Vec::new(), batch, String::new())
+            .await
+            .unwrap();
+        assert_eq!((by_events.added, by_events.rejected_count), (n, 0));
+        assert_eq!((by_series.added, by_series.rejected_count), (n, 0));
+        assert_eq!(by_series.rejected_points, 0);
+
+        let (ev, col) = (summary(&svc, "ev").await, summary(&svc, "col").await);
+        assert_eq!(ev.state.last_iteration, col.state.last_iteration);
+        assert_eq!(ev.state.last_event_ms, col.state.last_event_ms);
+        let keys = |s: &TaskSummary| s.series.iter().map(summary_key).collect::<Vec<_>>();
+        assert_eq!(keys(&ev), keys(&col));
+        assert_eq!(stored(&svc, "ev").await, stored(&svc, "col").await);
+    }
+    let s = summary(&svc, "col").await;
+    assert_eq!(
+        s.state.last_iteration,
+        Some(409),
+        "single values do not count"
+    );
+    let loss = series_of(&s, "loss", "train");
+    assert_eq!(loss.stats.count, 310);
+    assert_eq!(loss.x_axis_label, "epochs");
+    assert_eq!((loss.last.0, loss.last.2), (409, 0.5));
+    let points = stored(&svc, "col").await;
+    let at = |m: &str, i: i64| {
+        points
+            .iter()
+            .find(|p| p.0 == m && p.2 == i)
+            .map(|p| f64::from_bits(p.4))
+            .unwrap()
+    };
+    assert_eq!(at("loss", 50), 2.0, "the later repeat won");
+    assert_eq!(at("loss", 155), -155.0, "the rewrite replaced the value");
+    assert!(at("loss", 7).is_nan());
+    assert_eq!(at("Summary", SINGLE_VALUE_ITER), 0.5);
+    let singles = svc
+        .single_values(vec!["ev".into(), "col".into()], false)
+        .await
+        .unwrap();
+    assert_eq!(singles[0].1, singles[1].1);
+    assert_eq!(singles[1].1[0].value, 0.5);
+
+    // Downsampled reads agree bucket for bucket.
+    for samples in [Some(0), Some(7), Some(100)] {
+        let read = |task: &str| SeriesRequest {
+            tasks: vec![task.into()],
+            model: false,
+            selectors: vec![],
+            samples,
+            axis: Axis::Iteration,
+            x_min: None,
+            x_max: None,
+        };
+        let ev = svc.series(read("ev")).await.unwrap();
+        let col = svc.series(read("col")).await.unwrap();
+        assert_eq!(ev.len(), 2);
+        for (a, b) in ev.iter().zip(&col) {
+            assert_eq!((&a.metric, &a.variant), (&b.metric, &b.variant));
+            assert_eq!(format!("{:?}", a.data), format!("{:?}", b.data));
+        }
+    }
+}
+
+async fn bad_series_never_sink_the_batch(url: &str) {
+    let svc = service(url).await;
+    let good = series("t", "m", "v", &[(1, 1.0), (2, 2.0), (3, f64::NAN)]);
+    let mut short_values = series("t", "m", "v", &[(4, 4.0), (5, 5.0)]);
+    short_values.values.pop();
+    let mut long_timestamps = series("t", "m", "v", &[(6, 6.0)]);
+    long_timestamps.timestamps_ms.push(0);
+    let empty = series("t", "m", "v", &[]);
+    let no_task = series("", "m", "v", &[(7, 7.0)]);
+    let long_name = series("t", &"x".repeat(1025), "v", &[(8, 8.0)]);
+    let mut huge = series("t", "m", "huge", &[(9, 9.0)]);
+    huge.x_axis_label = "l".repeat(4 << 20);
+    let mut received = series("t", "m", "now", &[(10, 10.0), (11, 11.0)]);
+    received.timestamps_ms.clear();
+    let long_task = series(&"t".repeat(129), "m", "v", &[(12, 12.0)]);
+    let before = now_ms();
+    let out = svc
+        .add_batch(
+            vec![scalar("t", "e", "v", 1, 1.0)],
+            vec![
+                good,
+                short_values,
+                long_timestamps,
+                empty,
+                no_task,
+                long_name,
+                huge,
+                received,
+                long_task,
+            ],
+            String::new(),
+        )
+        .await
+        .unwrap();
+    let after = now_ms();
+    let codes: Vec<(u32, bool, &str)> = out
+        .rejected
+        .iter()
+        .map(|r| (r.index, r.series, r.code))
+        .collect();
+    assert_eq!(
+        codes,
+        [
+            (1, true, "invalid_series"),
+            (2, true, "invalid_series"),
+            (3, true, "invalid_series"),
+            (4, true, "invalid_series"),
+            (5, true, "invalid_series"),
+            (6, true, "series_too_large"),
+            (8, true, "invalid_series"),
+        ]
+    );
+    assert!(out.rejected[0].reason.contains("2 iterations but 1 values"));
+    assert!(out.rejected[1].reason.contains("timestamps"));
+    assert!(out.rejected[2].reason.contains("no points"));
+    assert_eq!(out.added, 1 + 3 + 2);
+    assert_eq!(out.rejected_count, 7);
+    // The lengths of their iterations: 2, 1, none, then 1 each.
+    assert_eq!(out.rejected_points, 2 + 1 + 1 + 1 + 1 + 1);
+    assert_eq!(out.by_reason["invalid_series"], 6);
+    assert_eq!(out.by_reason["series_too_large"], 1);
+    // The good ones landed; no timestamps means the time of receipt.
+    let points = stored(&svc, "t").await;
+    let kept: Vec<(&str, &str, i64)> = points
+        .iter()
+        .map(|p| (p.0.as_str(), p.1.as_str(), p.2))
+        .collect();
+    assert_eq!(
+        kept,
+        [
+            ("e", "v", 1),
+            ("m", "now", 10),
+            ("m", "now", 11),
+            ("m", "v", 1),
+            ("m", "v", 2),
+            ("m", "v", 3),
+        ]
+    );
+    assert!(points[1].3 >= before && points[1].3 <= after);
+    assert!(f64::from_bits(points[5].4).is_nan());
+    let s = summary(&svc, "t").await;
+    assert_eq!(series_of(&s, "m", "v").stats.count, 3);
+    assert_eq!(s.state.last_iteration, Some(11));
+
+    // A batch of bad series only is answered, not refused.
+    let out = svc
+        .add_batch(Vec::new(), vec![series("t", "m", "v", &[])], String::new())
+        .await
+        .unwrap();
+    assert_eq!((out.added, out.rejected_count), (0, 1));
+}
+
+async fn series_limits_are_clear_errors(url: &str) {
+    let svc = service(url).await;
+    let err = svc
+        .add_batch(Vec::new(), Vec::new(), String::new())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), ErrorCode::EmptyBatch);
+
+    let points = |lo: i64, n: i64| (lo..lo + n).map(|i| (i, 0.0)).collect::<Vec<_>>();
+    let over = vec![
+        series("t", "m", "a", &points(0, 60_000)),
+        series("t", "m", "b", &points(0, 40_001)),
+    ];
+    let err = svc
+        .add_batch(vec![scalar("t", "e", "v", 1, 1.0)], over, String::new())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), ErrorCode::TooLarge);
+    assert_eq!(err.fields()["reason"], "batch_too_large");
+    assert!(err.to_string().contains("100001"), "{err}");
+    assert!(summary(&svc, "t").await.series.is_empty(), "nothing stored");
+
+    // Mismatched arrays count by their longest one.
+    let mut lopsided = series("t", "m", "a", &points(0, 10));
+    lopsided.values = vec![0.0; 100_001];
+    let err = svc
+        .add_batch(Vec::new(), vec![lopsided], String::new())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), ErrorCode::TooLarge);
+
+    let many: Vec<NewSeries> = (0..10_001)
+        .map(|i| series("t", "m", &format!("v{i}"), &[(0, 0.0)]))
+        .collect();
+    let err = svc
+        .add_batch(Vec::new(), many, String::new())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), ErrorCode::TooLarge);
+    assert!(summary(&svc, "t").await.series.is_empty(), "nothing stored");
+
+    // The limits themselves are fine, beside 10,000 events.
+    let max = vec![
+        series("t", "m", "a", &points(0, 60_000)),
+        series("t", "m", "b", &points(0, 40_000)),
+    ];
+    let events: Vec<NewEvent> = (0..10_000).map(|i| scalar("t", "e", "v", i, 0.0)).collect();
+    let out = svc.add_batch(events, max, String::new()).await.unwrap();
+    assert_eq!(out.added, 110_000);
+    let s = summary(&svc, "t").await;
+    assert_eq!(series_of(&s, "m", "a").stats.count, 60_000);
+    assert_eq!(series_of(&s, "m", "b").stats.count, 40_000);
+    assert_eq!(
+        raw(&svc, "t", "m", "a").await.len(),
+        60_000,
+        "every point readable"
+    );
+}
+
+async fn locked_tasks_refuse_whole_series(url: &str) {
+    let svc = service(url).await;
+    svc.set_locks(vec![TaskLock {
+        task: TaskRef {
+            id: "pub".into(),
+            model: false,
+        },
+        locked: true,
+        since_ms: 0,
+    }])
+    .await
+    .unwrap();
+    let mut allowed = series("pub", "final", "v", &[(1, 1.0)]);
+    allowed.allow_locked = true;
+    let mut model = series("pub", "m", "v", &[(1, 1.0)]);
+    model.model = true;
+    let out = svc
+        .add_batch(
+            vec![
+                scalar("pub", "m", "v", 1, 1.0),
+                scalar("free", "e", "v", 1, 1.0),
+                scalar("pub", "m", "v", 2, 1.0),
+            ],
+            vec![
+                series("pub", "m", "v", &[(3, 1.0), (4, 1.0)]),
+                series("free", "m", "v", &[(1, 1.0), (2, 2.0)]),
+                allowed,
+                model,
+            ],
+            String::new(),
+        )
+        .await
+        .unwrap();
+    let codes: Vec<(u32, bool, &str)> = out
+        .rejected
+        .iter()
+        .map(|r| (r.index, r.series, r.code))
+        .collect();
+    assert_eq!(
+        codes,
+        [
+            (0, false, "task_locked"),
+            (2, false, "task_locked"),
+            (0, true, "task_locked"),
+        ]
+    );
+    assert_eq!(out.rejected_count, 3);
+    assert_eq!(out.rejected_points, 2);
+    assert_eq!(out.by_reason["task_locked"], 3);
+    assert_eq!(out.added, 1 + 2 + 1 + 1);
+    let locked = summary(&svc, "pub").await;
+    let names: Vec<&str> = locked.series.iter().map(|s| s.metric.as_str()).collect();
+    assert_eq!(names, ["final"], "only the allowed series");
+    assert_eq!(stored(&svc, "free").await.len(), 3);
+    let models = svc
+        .summaries(vec!["pub".into()], true, vec![])
+        .await
+        .unwrap();
+    assert_eq!(
+        models[0].series.len(),
+        1,
+        "the model of the same id is not locked"
+    );
+}
+
+async fn resent_series_are_idempotent_and_later_points_win(url: &str) {
+    let svc = service(url).await;
+    let batch: Vec<NewSeries> = (0..3)
+        .map(|k| {
+            let points: Vec<(i64, f64)> = (0..500).map(|i| (i, (i * k) as f64)).collect();
+            series("t", "m", &format!("v{k}"), &points)
+        })
+        .collect();
+    let out = svc
+        .add_batch(Vec::new(), batch.clone(), String::new())
+        .await
+        .unwrap();
+    assert_eq!(out.added, 1500);
+    let before = summary(&svc, "t").await;
+    let points = stored(&svc, "t").await;
+    let out = svc
+        .add_batch(Vec::new(), batch, String::new())
+        .await
+        .unwrap();
+    assert_eq!(out.added, 1500, "replacements count as added");
+    let after = summary(&svc, "t").await;
+    assert_eq!(before.series, after.series, "a re-send changes nothing");
+    assert_eq!(points, stored(&svc, "t").await);
+
+    // In one request: an event, then two series of the same key; the last
+    // arrival wins, and the sum follows the replacements.
+    let out = svc
+        .add_batch(
+            vec![scalar("t", "m", "v1", 10, 100.0)],
+            vec![
+                series("t", "m", "v1", &[(10, 200.0), (11, 201.0)]),
+                series("t", "m", "v1", &[(11, 301.0), (600, 1.0)]),
+            ],
+            String::new(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(out.added, 5);
+    let v1 = raw(&svc, "t", "m", "v1").await;
+    assert_eq!(v1[10], (10, 200.0));
+    assert_eq!(v1[11], (11, 301.0));
+    assert_eq!(v1.last(), Some(&(600, 1.0)));
+    let s = summary(&svc, "t").await;
+    let m = series_of(&s, "m", "v1");
+    assert_eq!(m.stats.count, 501);
+    let sum = (0..500).sum::<i64>() as f64 - 10.0 - 11.0 + 200.0 + 301.0 + 1.0;
+    assert!((m.stats.mean() - sum / 501.0).abs() < 1e-9);
+
+    // Min and max cover every value received, replaced ones included.
+    svc.add_batch(
+        Vec::new(),
+        vec![series("t", "m", "v0", &[(5, 1000.0), (5, 0.0)])],
+        String::new(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(raw(&svc, "t", "m", "v0").await[5], (5, 0.0));
+    let s = summary(&svc, "t").await;
+    let m = series_of(&s, "m", "v0");
+    assert_eq!((m.stats.max, m.max_iter), (1000.0, 5));
+    assert_eq!(m.stats.mean(), 0.0);
 }

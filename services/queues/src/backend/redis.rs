@@ -2,13 +2,14 @@
 //! moves (waiting ⇄ leased, queue ⇄ queue) are atomic and a script run twice
 //! (two reapers) cannot act twice.
 //!
-//! Keys, all under one hash tag `{prefix}` so a cluster keeps them in one
-//! slot (the scripts build key names from the first key, which is only
-//! valid within that slot):
+//! Keys, all under one hash tag `{prefix}` (`queues.redis_prefix`, default
+//! [`DEFAULT_PREFIX`]; deployments sharing a Redis database need distinct
+//! prefixes) so a cluster keeps them in one slot (the scripts build key
+//! names from the first key, which is only valid within that slot):
 //!
 //! * `{p}:q:<queue>` — ZSET of waiting entries, all scores 0, ordered by
 //!   member: 10 digits of `2147483647 - priority`, 16 digits of
-//!   `rank + 2^52`, then the task id. `ZRANGE .. 0 0` is the head, `ZRANK`
+//!   `rank + 2^52`, then the task id. `ZPOPMIN` pops the head, `ZRANK` is
 //!   the position, and a band is a lexicographic range.
 //! * `{p}:t:<task>` — HASH of the task's entry: `q p r m a d s l` (queue,
 //!   priority, rank, member, added ms, deliveries, seq, leased) and, when
@@ -29,21 +30,34 @@
 //!   key back.
 //! * `{p}:epoch` — the store epoch: missing after a restart without
 //!   persistence, so the next reader creates a new one.
-//! * Channel `{p}:wake` — every push publishes the queue id; each replica's
-//!   listener ([`RedisBackend::spawn_wake_listener`]) signals its waiters.
+//! * `{p}:wakers` — ZSET of the live wake listeners (one per replica) by
+//!   expiry in server time; channel `{p}:wake:<listener>` — each push
+//!   publishes the queue id to every listener but the pushing backend's own
+//!   ([`RedisBackend::spawn_wake_listener`]): the service that pushed wakes
+//!   its own waiters in process, so a single replica sends no message at
+//!   all.
 //!
 //! Times are milliseconds (exact in Lua's doubles and in `%.0f`).
+//!
+//! Round trips: every call is one `EVALSHA` on a connection the calling task
+//! drives itself (`conn.rs` says why); the scripts are loaded once at
+//! connect, and again by the first call that finds them gone. A handoff
+//! (add, pop, ack) is three round trips, and its scripts (`lua.rs`) keep to
+//! about a dozen `redis.call`s each.
+
+mod conn;
+mod lua;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use futures::StreamExt as _;
-use redis::aio::ConnectionManager;
-use redis::{AsyncCommands, Script};
+use redis::Value;
 use tasklab_error::{Error, Result};
 
+use self::conn::{CallError, Pool, Subscription, pack};
+use self::lua::{Lua, Scripts};
 use super::{
     Acked, Added, Disposition, Entry, Lease, LeaseTarget, Move, PopSample, Presence, QueueBackend,
     StepOutcome, from_millis, millis, new_lease_id,
@@ -51,517 +65,13 @@ use super::{
 use crate::errors;
 use crate::service::WakeHub;
 
-/// The key prefix of a deployed service.
+/// The default key prefix (`queues.redis_prefix`).
 pub const DEFAULT_PREFIX: &str = "tasklab:queues";
 
-const PRELUDE: &str = r#"
-local B = KEYS[1]
-local OFF = 4503599627370496
-local function tkey(t) return B .. ':t:' .. t end
-local function qkey(q) return B .. ':q:' .. q end
-local function lkey(q) return B .. ':ql:' .. q end
-local function wkey(w) return B .. ':w:' .. w end
-local function mkey(q) return B .. ':qm:' .. q end
-local DEAD = B .. ':qdead'
-local EXP = B .. ':exp'
-local LID = B .. ':lid'
-local CHG = B .. ':chg'
-local ALL = B .. ':all'
-local function fmt(n) return string.format('%.0f', n) end
-local function pkey(prio) return string.format('%010.0f', 2147483647 - prio) end
-local function sortkey(prio, rank) return pkey(prio) .. string.format('%016.0f', rank + OFF) end
-local function bump() return redis.call('INCR', B .. ':seq') end
-local function touch(t, seq) redis.call('ZADD', CHG, seq, t) end
-local function wake(q) redis.call('PUBLISH', B .. ':wake', q) end
-local function changed_after(t, fence)
-  local c = redis.call('ZSCORE', CHG, t)
-  return c and tonumber(c) > fence
-end
-local function load(t)
-  local v = redis.call('HGETALL', tkey(t))
-  if #v == 0 then return nil end
-  local h = {}
-  for i = 1, #v, 2 do h[v[i]] = v[i + 1] end
-  return h
-end
-local function pos_of(h)
-  if h.l == '1' then return -1 end
-  return redis.call('ZRANK', qkey(h.q), h.m)
-end
-local function out(t, h, pos)
-  return {t, h.q, h.a, h.p, fmt(pos), h.d, h.l, h.lid or '', h.w or '',
-          h.acq or '0', h.exp or '0', h.dur or '0', h.ren or '0'}
-end
-local function cat(a, b)
-  local r = {}
-  for _, v in ipairs(a) do r[#r + 1] = v end
-  for _, v in ipairs(b) do r[#r + 1] = v end
-  return r
-end
-local function band(q, prio)
-  local k = tonumber(2147483647 - prio)
-  return '[' .. string.format('%010.0f', k), '(' .. string.format('%010.0f', k + 1)
-end
-local function push_rank(q, prio, front, now)
-  local lo, hi = band(q, prio)
-  local r
-  if front then
-    r = redis.call('ZRANGEBYLEX', qkey(q), lo, hi, 'LIMIT', 0, 1)
-  else
-    r = redis.call('ZREVRANGEBYLEX', qkey(q), hi, lo, 'LIMIT', 0, 1)
-  end
-  if #r == 0 then return now end
-  local e = tonumber(string.sub(r[1], 11, 26)) - OFF
-  if front then return e - 1 end
-  return math.max(e + 1, now)
-end
-local function put_waiting(t, q, prio, rank)
-  local m = sortkey(prio, rank) .. t
-  redis.call('ZADD', qkey(q), 0, m)
-  redis.call('HSET', tkey(t), 'q', q, 'p', fmt(prio), 'r', fmt(rank), 'm', m, 'l', '0',
-             'lid', '', 'w', '')
-end
-local function unlease(t, h)
-  redis.call('ZREM', EXP, t)
-  if h.lid and h.lid ~= '' then redis.call('HDEL', LID, h.lid) end
-  redis.call('ZREM', lkey(h.q), t)
-  if h.w and h.w ~= '' then redis.call('SREM', wkey(h.w), t) end
-end
-local function drop(t, h)
-  if h.l == '1' then unlease(t, h) else redis.call('ZREM', qkey(h.q), h.m) end
-  redis.call('DEL', tkey(t))
-  redis.call('SREM', ALL, t)
-end
-local function insert(t, q, prio, rank, added, seq)
-  put_waiting(t, q, prio, rank)
-  redis.call('HSET', tkey(t), 'a', fmt(added), 'd', '0', 's', fmt(seq))
-  redis.call('SADD', ALL, t)
-  touch(t, seq)
-end
-local function return_to(t, h, front, now, seq)
-  unlease(t, h)
-  local prio = tonumber(h.p)
-  put_waiting(t, h.q, prio, push_rank(h.q, prio, front, now))
-  touch(t, seq)
-  wake(h.q)
-end
-local function resolve(kind, id)
-  if kind == 'lease' then
-    local t = redis.call('HGET', LID, id)
-    if not t then return nil end
-    return t
-  end
-  return id
-end
-"#;
-
-const ADD: &str = r#"
-local q, t, prio, replace, max, now = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6])
-if redis.call('EXISTS', mkey(q)) == 0 then return {'E', 'queue_not_found', q} end
-local h = load(t)
-if h and h.q == q then return cat({'0', ''}, out(t, h, pos_of(h))) end
-if h and replace ~= '1' then return {'E', 'task_already_queued', h.q} end
-if redis.call('ZCARD', qkey(q)) + redis.call('ZCARD', lkey(q)) >= max then return {'E', 'queue_full', q} end
-local seq = bump()
-local prev = ''
-if h then prev = h.q; drop(t, h) end
-insert(t, q, prio, push_rank(q, prio, false, now), now, seq)
-wake(q)
-h = load(t)
-return cat({'1', prev}, out(t, h, pos_of(h)))
-"#;
-
-const REMOVE: &str = r#"
-local t, q = ARGV[1], ARGV[2]
-local h = load(t)
-if not h or (q ~= '' and h.q ~= q) then return {} end
-local o = out(t, h, pos_of(h))
-local seq = bump()
-drop(t, h)
-touch(t, seq)
-return o
-"#;
-
-const LIST: &str = r#"
-local q, off, limit, inc = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
-local res = {}
-local ms = redis.call('ZRANGE', qkey(q), off, off + limit - 1)
-for i, m in ipairs(ms) do
-  local t = string.sub(m, 27)
-  res = cat(res, out(t, load(t), off + i - 1))
-end
-if inc == '1' and #ms < limit then
-  local skip = math.max(0, off - redis.call('ZCARD', qkey(q)))
-  local ls = redis.call('ZRANGE', lkey(q), skip, skip + (limit - #ms) - 1)
-  for _, t in ipairs(ls) do res = cat(res, out(t, load(t), -1)) end
-end
-return res
-"#;
-
-const OLDEST: &str = r#"
-local best = nil
-for _, m in ipairs(redis.call('ZRANGE', qkey(ARGV[1]), 0, -1)) do
-  local a = tonumber(redis.call('HGET', tkey(string.sub(m, 27)), 'a'))
-  if a and (best == nil or a < best) then best = a end
-end
-if best == nil then return '' end
-return fmt(best)
-"#;
-
-const MOVE: &str = r#"
-local t, q, kind, n = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
-local h = load(t)
-if not h or (q ~= '' and h.q ~= q) then return {'E', 'task_not_queued', t} end
-if h.l == '1' then return {'E', 'entry_leased', t} end
-local prio = tonumber(h.p)
-local lo, hi = band(h.q, prio)
-local members = redis.call('ZRANGEBYLEX', qkey(h.q), lo, hi)
-local at = 0
-for i, m in ipairs(members) do if m == h.m then at = i end end
-local target = at
-if kind == 'front' then target = 1
-elseif kind == 'back' then target = #members
-elseif kind == 'fwd' then target = math.max(1, at - n)
-else target = math.min(#members, at + n) end
-if target ~= at then
-  local ilo, ihi = math.min(at, target), math.max(at, target)
-  local ranks, order = {}, {}
-  for i = ilo, ihi do
-    ranks[#ranks + 1] = tonumber(string.sub(members[i], 11, 26)) - OFF
-    order[#order + 1] = members[i]
-  end
-  if target < at then
-    table.insert(order, 1, table.remove(order))
-  else
-    table.insert(order, table.remove(order, 1))
-  end
-  local distinct = true
-  for i = 2, #ranks do if ranks[i - 1] >= ranks[i] then distinct = false end end
-  for _, m in ipairs(order) do redis.call('ZREM', qkey(h.q), m) end
-  for i, m in ipairs(order) do
-    local rank = ranks[i]
-    if not distinct then rank = ranks[1] + i - 1 end
-    local t2 = string.sub(m, 27)
-    local nm = sortkey(prio, rank) .. t2
-    redis.call('ZADD', qkey(h.q), 0, nm)
-    redis.call('HSET', tkey(t2), 'r', fmt(rank), 'm', nm)
-  end
-  touch(t, bump())
-end
-h = load(t)
-return cat({'1'}, out(t, h, pos_of(h)))
-"#;
-
-const SET_PRIORITY: &str = r#"
-local t, prio, now = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
-local h = load(t)
-if not h then return {'E', 'task_not_queued', t} end
-if h.l == '1' then return {'E', 'entry_leased', t} end
-redis.call('ZREM', qkey(h.q), h.m)
-put_waiting(t, h.q, prio, push_rank(h.q, prio, false, now))
-touch(t, bump())
-h = load(t)
-return cat({'1'}, out(t, h, pos_of(h)))
-"#;
-
-const FIND: &str = r#"
-local h = load(ARGV[1])
-if not h then return {} end
-return out(ARGV[1], h, pos_of(h))
-"#;
-
-const POP: &str = r#"
-local worker, dur, now, lid, n = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4], tonumber(ARGV[5])
-for i = 1, n do
-  if redis.call('EXISTS', mkey(ARGV[5 + i])) == 0 then return {'E', 'queue_not_found', ARGV[5 + i]} end
-end
-for i = 1, n do
-  local q = ARGV[5 + i]
-  local r = redis.call('ZRANGE', qkey(q), 0, 0)
-  if #r > 0 then
-    local m = r[1]
-    local t = string.sub(m, 27)
-    local h = load(t)
-    local before = out(t, h, 0)
-    redis.call('ZREM', qkey(q), m)
-    local exp = now + dur
-    redis.call('HSET', tkey(t), 'l', '1', 'lid', lid, 'w', worker, 'acq', fmt(now), 'exp', fmt(exp),
-               'dur', fmt(dur), 'ren', fmt(now), 'd', fmt(tonumber(h.d) + 1))
-    redis.call('ZADD', EXP, exp, t)
-    redis.call('HSET', LID, lid, t)
-    redis.call('ZADD', lkey(q), now, t)
-    if worker ~= '' then redis.call('SADD', wkey(worker), t) end
-    touch(t, bump())
-    local pending = redis.call('ZCARD', qkey(q))
-    local wait = math.max(0, now - tonumber(h.a))
-    redis.call('ZADD', B .. ':pops:' .. q, now, lid .. ':' .. fmt(wait) .. ':' .. fmt(pending))
-    redis.call('SADD', B .. ':popq', q)
-    return cat(before, out(t, load(t), -1))
-  end
-end
-return {}
-"#;
-
-const ACK: &str = r#"
-local kind, id, worker = ARGV[1], ARGV[2], ARGV[3]
-local t = resolve(kind, id)
-local h = nil
-if t then h = load(t) end
-if not h then
-  if kind == 'lease' then return {'E', 'lease_not_found', id} end
-  return {'N'}
-end
-local o
-local tag = 'A'
-if h.l == '1' then
-  if worker ~= '' and h.w ~= '' and h.w ~= worker then return {'E', 'lease_not_owned', h.lid} end
-  o = out(t, h, -1)
-else
-  tag = 'R'
-  o = out(t, h, pos_of(h))
-end
-local seq = bump()
-drop(t, h)
-touch(t, seq)
-return cat({tag}, o)
-"#;
-
-const RELEASE: &str = r#"
-local kind, id, worker, disp, now = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
-local t = resolve(kind, id)
-local h = nil
-if t then h = load(t) end
-if not h or h.l ~= '1' then
-  if kind == 'lease' then return {'E', 'lease_not_found', id} end
-  return {'N'}
-end
-if worker ~= '' and h.w ~= '' and h.w ~= worker then return {'E', 'lease_not_owned', h.lid} end
-local lease = out(t, h, -1)
-local seq = bump()
-if disp == 'discard' then
-  drop(t, h)
-  touch(t, seq)
-  return cat({'D'}, lease)
-end
-return_to(t, h, disp == 'front', now, seq)
-local h2 = load(t)
-return cat(cat({'B'}, lease), out(t, h2, pos_of(h2)))
-"#;
-
-const RENEW: &str = r#"
-local kind, id, worker, now = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
-local t = resolve(kind, id)
-local h = nil
-if t then h = load(t) end
-if not h or h.l ~= '1' then return {'E', 'lease_not_found', id} end
-if worker ~= '' and h.w ~= '' and h.w ~= worker then return {'E', 'lease_not_owned', h.lid} end
-if tonumber(h.exp) < now then return {'E', 'lease_expired', h.lid} end
-local exp = now + tonumber(h.dur)
-redis.call('HSET', tkey(t), 'exp', fmt(exp), 'ren', fmt(now))
-redis.call('ZADD', EXP, exp, t)
-if h.w == '' and worker ~= '' then
-  redis.call('HSET', tkey(t), 'w', worker)
-  redis.call('SADD', wkey(worker), t)
-end
-return cat({'1'}, out(t, load(t), -1))
-"#;
-
-const RENEW_WORKER: &str = r#"
-local worker, current, now = ARGV[1], ARGV[2], tonumber(ARGV[3])
-local ts = redis.call('SMEMBERS', wkey(worker))
-if current ~= '' then ts[#ts + 1] = current end
-local seen, res = {}, {}
-for _, t in ipairs(ts) do
-  local h = load(t)
-  if not seen[t] and h and h.l == '1' then
-    seen[t] = true
-    local exp = now + tonumber(h.dur)
-    redis.call('HSET', tkey(t), 'exp', fmt(exp), 'ren', fmt(now))
-    redis.call('ZADD', EXP, exp, t)
-    res = cat(res, out(t, load(t), -1))
-  end
-end
-return res
-"#;
-
-// Leases are returned newest first, so the oldest ends up at the very front.
-const RETURN_LEASES: &str = r#"
-local now, mode, worker = tonumber(ARGV[1]), ARGV[2], ARGV[3]
-local ts
-if mode == 'worker' then
-  ts = redis.call('SMEMBERS', wkey(worker))
-else
-  ts = redis.call('ZRANGEBYSCORE', EXP, '-inf', now)
-end
-local hs = {}
-for _, t in ipairs(ts) do
-  local h = load(t)
-  if h and h.l == '1' then hs[#hs + 1] = {t, h} end
-end
-table.sort(hs, function(x, y) return tonumber(x[2].acq) > tonumber(y[2].acq) end)
-local res = {}
-if #hs == 0 then return res end
-local seq = bump()
-for _, th in ipairs(hs) do
-  res = cat(res, out(th[1], th[2], -1))
-  return_to(th[1], th[2], true, now, seq)
-end
-return res
-"#;
-
-const LEASES: &str = r#"
-local res = {}
-for _, t in ipairs(redis.call('ZRANGE', EXP, 0, -1)) do
-  local h = load(t)
-  if h then res = cat(res, out(t, h, -1)) end
-end
-return res
-"#;
-
-const DROP_QUEUE: &str = r#"
-local q = ARGV[1]
-local waiting = {}
-for _, m in ipairs(redis.call('ZRANGE', qkey(q), 0, -1)) do waiting[#waiting + 1] = string.sub(m, 27) end
-local leased = redis.call('ZRANGE', lkey(q), 0, -1)
-local seq = bump()
-for _, t in ipairs(waiting) do
-  redis.call('DEL', tkey(t)); redis.call('SREM', ALL, t); touch(t, seq)
-end
-for _, t in ipairs(leased) do
-  local h = load(t)
-  if h then drop(t, h) end
-  touch(t, seq)
-end
-redis.call('DEL', qkey(q), lkey(q), mkey(q))
-redis.call('SADD', DEAD, q)
-return cat(cat({fmt(#waiting)}, waiting), leased)
-"#;
-
-const PRESENCES: &str = r#"
-local res = {}
-for _, t in ipairs(redis.call('SMEMBERS', ALL)) do
-  local v = redis.call('HMGET', tkey(t), 'q', 'l', 's')
-  if v[1] then res = cat(res, {t, v[1], v[2], v[3]}) end
-end
-return res
-"#;
-
-const RECONCILE_ADD: &str = r#"
-local t, q, prio, enq, fence = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
-if redis.call('EXISTS', tkey(t)) == 1 or changed_after(t, fence) then return 'R' end
-insert(t, q, prio, enq, enq, bump())
-wake(q)
-return 'D'
-"#;
-
-const RECONCILE_MOVE: &str = r#"
-local t, from, to, fence, now = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5])
-local h = load(t)
-if not h or h.q ~= from or h.l == '1' or changed_after(t, fence) then return 'R' end
-local seq = bump()
-redis.call('ZREM', qkey(from), h.m)
-local prio = tonumber(h.p)
-put_waiting(t, to, prio, push_rank(to, prio, false, now))
-redis.call('HSET', tkey(t), 's', fmt(seq))
-touch(t, seq)
-wake(to)
-return 'D'
-"#;
-
-const RECONCILE_REMOVE: &str = r#"
-local t, q, fence = ARGV[1], ARGV[2], tonumber(ARGV[3])
-local h = load(t)
-if not h or h.q ~= q or changed_after(t, fence) then return 'R' end
-local seq = bump()
-drop(t, h)
-touch(t, seq)
-return 'D'
-"#;
-
-const ENSURE_QUEUE: &str = r#"
-if redis.call('SISMEMBER', DEAD, ARGV[1]) == 1 then return 0 end
-redis.call('SET', mkey(ARGV[1]), '1')
-return 1
-"#;
-
-const EPOCH: &str = r#"
-redis.call('SET', KEYS[1] .. ':epoch', ARGV[1], 'NX')
-return redis.call('GET', KEYS[1] .. ':epoch')
-"#;
-
-const TRIM: &str = r#"
-local before, seq = ARGV[1], ARGV[2]
-for _, q in ipairs(redis.call('SMEMBERS', B .. ':popq')) do
-  redis.call('ZREMRANGEBYSCORE', B .. ':pops:' .. q, '-inf', '(' .. before)
-end
-redis.call('ZREMRANGEBYSCORE', CHG, '-inf', '(' .. seq)
-return 1
-"#;
-
-#[derive(Debug)]
-struct Scripts {
-    add: Script,
-    remove: Script,
-    list: Script,
-    oldest: Script,
-    mv: Script,
-    set_priority: Script,
-    find: Script,
-    pop: Script,
-    ack: Script,
-    release: Script,
-    renew: Script,
-    renew_worker: Script,
-    return_leases: Script,
-    leases: Script,
-    drop_queue: Script,
-    presences: Script,
-    reconcile_add: Script,
-    reconcile_move: Script,
-    reconcile_remove: Script,
-    epoch: Script,
-    trim: Script,
-    ensure_queue: Script,
-}
-
-impl Scripts {
-    fn new() -> Self {
-        let s = |body: &str| Script::new(&format!("{PRELUDE}\n{body}"));
-        Scripts {
-            add: s(ADD),
-            remove: s(REMOVE),
-            list: s(LIST),
-            oldest: s(OLDEST),
-            mv: s(MOVE),
-            set_priority: s(SET_PRIORITY),
-            find: s(FIND),
-            pop: s(POP),
-            ack: s(ACK),
-            release: s(RELEASE),
-            renew: s(RENEW),
-            renew_worker: s(RENEW_WORKER),
-            return_leases: s(RETURN_LEASES),
-            leases: s(LEASES),
-            drop_queue: s(DROP_QUEUE),
-            presences: s(PRESENCES),
-            reconcile_add: s(RECONCILE_ADD),
-            reconcile_move: s(RECONCILE_MOVE),
-            reconcile_remove: s(RECONCILE_REMOVE),
-            epoch: Script::new(EPOCH),
-            trim: s(TRIM),
-            ensure_queue: s(ENSURE_QUEUE),
-        }
-    }
-}
-
-/// Entries in Redis. Cheap to clone.
-#[derive(Debug, Clone)]
-pub struct RedisBackend {
-    client: redis::Client,
-    conn: ConnectionManager,
-    base: String,
-    scripts: Arc<Scripts>,
-}
+/// How long a wake listener stays registered without renewing.
+pub const WAKER_TTL: Duration = Duration::from_secs(30);
+/// How often a wake listener renews its registration.
+pub const WAKER_RENEW: Duration = Duration::from_secs(10);
 
 const FIELDS: usize = 13;
 
@@ -630,69 +140,137 @@ fn ms_str(t: DateTime<Utc>) -> String {
     millis(t).to_string()
 }
 
+/// Entries in Redis. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct RedisBackend {
+    pool: Arc<Pool>,
+    base: String,
+    /// Names this backend's wake listener (and its channel) in
+    /// `{p}:wakers`; pushing scripts skip it.
+    origin: Arc<str>,
+    scripts: Arc<Scripts>,
+}
+
+fn decode<T: redis::FromRedisValue>(v: Value) -> Result<T> {
+    redis::from_redis_value(v).map_err(errors::redis)
+}
+
 impl RedisBackend {
-    /// Connects to `url`; every key lives under the hash tag `{prefix}`.
+    /// Connects to `url` and loads the scripts; every key lives under the
+    /// hash tag `{prefix}`.
     pub async fn connect(url: &str, prefix: &str) -> Result<RedisBackend> {
         let client = redis::Client::open(url).map_err(errors::redis)?;
-        let conn = client
-            .get_connection_manager()
-            .await
-            .map_err(errors::redis)?;
-        Ok(RedisBackend {
-            client,
-            conn,
+        let pool = Pool::new(client.get_connection_info()).map_err(errors::redis)?;
+        let backend = RedisBackend {
+            pool: Arc::new(pool),
             base: format!("{{{prefix}}}"),
+            origin: uuid::Uuid::new_v4().simple().to_string().into(),
             scripts: Arc::new(Scripts::new()),
-        })
+        };
+        backend.load_scripts().await?;
+        Ok(backend)
     }
 
-    /// Runs a script, retrying once when the connection was dropped (the
-    /// connection manager reconnects behind it).
-    async fn run<T: redis::FromRedisValue>(&self, script: &Script, args: &[String]) -> Result<T> {
-        let mut attempt = 0;
-        loop {
-            let mut inv = script.key(&self.base);
-            for a in args {
-                inv.arg(a);
-            }
-            let mut conn = self.conn.clone();
-            match inv.invoke_async::<T>(&mut conn).await {
-                Ok(v) => return Ok(v),
-                Err(err) if attempt == 0 && (err.is_connection_dropped() || err.is_io_error()) => {
-                    attempt += 1;
-                }
-                Err(err) => return Err(errors::redis(err)),
-            }
+    /// Loads every script (one round trip), so `EVALSHA` finds them; a
+    /// server that lost them (a restart) gets each again on first use.
+    async fn load_scripts(&self) -> Result<()> {
+        let all = self.scripts.all();
+        let mut req = Vec::new();
+        for lua in all {
+            pack(&mut req, &["SCRIPT", "LOAD", lua.code.as_str()]);
+        }
+        let replies = self
+            .pool
+            .call(&req, all.len())
+            .await
+            .map_err(errors::redis)?;
+        match replies.into_iter().find_map(Result::err) {
+            Some(msg) => Err(errors::redis(CallError::Server(msg))),
+            None => Ok(()),
         }
     }
 
-    async fn strings(&self, script: &Script, args: &[String]) -> Result<Vec<String>> {
-        self.run::<Vec<String>>(script, args).await
+    /// Runs a script by its SHA1 with the prefix as its one key; loads it
+    /// and runs it again (one round trip) when the server does not know it.
+    async fn run<T: redis::FromRedisValue>(&self, lua: &Lua, args: &[&str]) -> Result<T> {
+        let mut parts: Vec<&str> = Vec::with_capacity(4 + args.len());
+        parts.extend_from_slice(&["EVALSHA", lua.hash.as_str(), "1", self.base.as_str()]);
+        parts.extend_from_slice(args);
+        let mut req = Vec::with_capacity(64 + parts.iter().map(|p| p.len() + 16).sum::<usize>());
+        pack(&mut req, &parts);
+        match self.pool.call1(&req).await {
+            Ok(v) => decode(v),
+            Err(CallError::Server(msg)) if msg.starts_with("NOSCRIPT") => {
+                let mut again = Vec::with_capacity(req.len() + lua.code.len() + 64);
+                pack(&mut again, &["SCRIPT", "LOAD", lua.code.as_str()]);
+                again.extend_from_slice(&req);
+                let mut replies = self.pool.call(&again, 2).await.map_err(errors::redis)?;
+                match replies.pop() {
+                    Some(Ok(v)) => decode(v),
+                    Some(Err(msg)) => Err(errors::redis(CallError::Server(msg))),
+                    None => Err(errors::redis("no reply")),
+                }
+            }
+            Err(err) => Err(errors::redis(err)),
+        }
     }
 
-    /// Starts the task that turns `PUBLISH`ed pushes of any replica into
-    /// local wake-ups; it reconnects after a failure.
+    async fn strings(&self, lua: &Lua, args: &[&str]) -> Result<Vec<String>> {
+        self.run::<Vec<String>>(lua, args).await
+    }
+
+    /// One plain command.
+    async fn command<T: redis::FromRedisValue>(&self, args: &[&str]) -> Result<T> {
+        let mut req = Vec::new();
+        pack(&mut req, args);
+        decode(self.pool.call1(&req).await.map_err(errors::redis)?)
+    }
+
+    /// Starts the task that turns pushes made by other processes into
+    /// wake-ups of this process's waiters (`hub`): it subscribes to this
+    /// backend's channel `{p}:wake:<origin>`, then records the origin in
+    /// `{p}:wakers` for [`WAKER_TTL`] of server time, renewed every
+    /// [`WAKER_RENEW`], so pushing scripts publish the queue id to it. It
+    /// reconnects (and registers again) after a failure, e.g. a restart.
+    ///
+    /// Pushes made through this backend are not announced to its own
+    /// listener: the service that pushed signals its hub itself. One backend
+    /// therefore serves one service; replicas each connect their own.
     pub fn spawn_wake_listener(&self, hub: Arc<WakeHub>) -> tokio::task::JoinHandle<()> {
-        let client = self.client.clone();
-        let channel = format!("{}:wake", self.base);
+        let backend = self.clone();
+        let channel = format!("{}:wake:{}", self.base, self.origin);
         tokio::spawn(async move {
             loop {
-                match client.get_async_pubsub().await {
-                    Ok(mut pubsub) => {
-                        if pubsub.subscribe(&channel).await.is_ok() {
-                            let mut stream = pubsub.on_message();
-                            while let Some(msg) = stream.next().await {
-                                if let Ok(queue) = msg.get_payload::<String>() {
-                                    hub.notify(&queue);
-                                }
-                            }
-                        }
-                    }
-                    Err(err) => tracing::warn!(error = %err, "redis wake listener cannot connect"),
+                if let Err(err) = backend.listen(&channel, &hub).await {
+                    tracing::warn!(error = %err, "redis wake listener failed; reconnecting");
                 }
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
         })
+    }
+
+    /// One subscription of the wake listener, until its connection fails.
+    async fn listen(&self, channel: &str, hub: &WakeHub) -> Result<()> {
+        let mut sub = Subscription::open(&self.pool, channel)
+            .await
+            .map_err(errors::redis)?;
+        // Subscribed first, registered second: every push that sees the
+        // registration reaches the subscription.
+        let ttl = WAKER_TTL.as_millis().to_string();
+        let mut renew = tokio::time::interval(WAKER_RENEW);
+        loop {
+            tokio::select! {
+                _ = renew.tick() => {
+                    self.run::<i64>(&self.scripts.register, &[&self.origin, &ttl]).await?;
+                }
+                msg = sub.next() => {
+                    let payload = msg.map_err(errors::redis)?;
+                    if let Ok(queue) = std::str::from_utf8(&payload) {
+                        hub.notify(queue);
+                    }
+                }
+            }
+        }
     }
 
     fn entries(f: &[String]) -> Vec<Entry> {
@@ -711,23 +289,19 @@ impl QueueBackend for RedisBackend {
     }
 
     async fn ensure_queue(&self, queue_id: &str) -> Result<bool> {
-        let done: i64 = self
-            .run(&self.scripts.ensure_queue, &[queue_id.to_owned()])
-            .await?;
+        let done: i64 = self.run(&self.scripts.ensure_queue, &[queue_id]).await?;
         Ok(done == 1)
     }
 
     async fn epoch(&self, now: DateTime<Utc>) -> Result<String> {
         let fresh = format!("redis-{}-{}", millis(now), uuid::Uuid::new_v4().simple());
-        self.run::<String>(&self.scripts.epoch, &[fresh]).await
+        self.run::<String>(&self.scripts.epoch, &[&fresh]).await
     }
 
     async fn current_seq(&self) -> Result<u64> {
-        let mut conn = self.conn.clone();
-        let seq: Option<u64> = conn
-            .get(format!("{}:seq", self.base))
-            .await
-            .map_err(errors::redis)?;
+        let seq: Option<u64> = self
+            .command(&["GET", &format!("{}:seq", self.base)])
+            .await?;
         Ok(seq.unwrap_or(0))
     }
 
@@ -744,12 +318,13 @@ impl QueueBackend for RedisBackend {
             .strings(
                 &self.scripts.add,
                 &[
-                    queue_id.to_owned(),
-                    task_id.to_owned(),
-                    priority.to_string(),
-                    if replace_existing { "1" } else { "0" }.to_owned(),
-                    max_entries.to_string(),
-                    ms_str(now),
+                    queue_id,
+                    task_id,
+                    &priority.to_string(),
+                    if replace_existing { "1" } else { "0" },
+                    &max_entries.to_string(),
+                    &ms_str(now),
+                    &self.origin,
                 ],
             )
             .await?;
@@ -770,10 +345,7 @@ impl QueueBackend for RedisBackend {
 
     async fn remove(&self, task_id: &str, queue_id: Option<&str>) -> Result<Option<Entry>> {
         let f = self
-            .strings(
-                &self.scripts.remove,
-                &[task_id.to_owned(), queue_id.unwrap_or("").to_owned()],
-            )
+            .strings(&self.scripts.remove, &[task_id, queue_id.unwrap_or("")])
             .await?;
         Ok((f.len() == FIELDS).then(|| parse_entry(&f)))
     }
@@ -789,10 +361,10 @@ impl QueueBackend for RedisBackend {
             .strings(
                 &self.scripts.list,
                 &[
-                    queue_id.to_owned(),
-                    offset.to_string(),
-                    limit.to_string(),
-                    if include_leased { "1" } else { "0" }.to_owned(),
+                    queue_id,
+                    &offset.to_string(),
+                    &limit.to_string(),
+                    if include_leased { "1" } else { "0" },
                 ],
             )
             .await?;
@@ -800,20 +372,22 @@ impl QueueBackend for RedisBackend {
     }
 
     async fn counts(&self, queue_id: &str) -> Result<(u32, u32)> {
-        let mut conn = self.conn.clone();
-        let (w, l): (u32, u32) = redis::pipe()
-            .zcard(format!("{}:q:{queue_id}", self.base))
-            .zcard(format!("{}:ql:{queue_id}", self.base))
-            .query_async(&mut conn)
-            .await
-            .map_err(errors::redis)?;
-        Ok((w, l))
+        let mut req = Vec::new();
+        pack(&mut req, &["ZCARD", &format!("{}:q:{queue_id}", self.base)]);
+        pack(
+            &mut req,
+            &["ZCARD", &format!("{}:ql:{queue_id}", self.base)],
+        );
+        let mut counts = Vec::with_capacity(2);
+        for reply in self.pool.call(&req, 2).await.map_err(errors::redis)? {
+            let v = reply.map_err(|msg| errors::redis(CallError::Server(msg)))?;
+            counts.push(decode::<u32>(v)?);
+        }
+        Ok((counts[0], counts[1]))
     }
 
     async fn oldest_added(&self, queue_id: &str) -> Result<Option<DateTime<Utc>>> {
-        let v: String = self
-            .run(&self.scripts.oldest, &[queue_id.to_owned()])
-            .await?;
+        let v: String = self.run(&self.scripts.oldest, &[queue_id]).await?;
         Ok((!v.is_empty()).then(|| from_millis(num(&v))))
     }
 
@@ -827,12 +401,7 @@ impl QueueBackend for RedisBackend {
         let f = self
             .strings(
                 &self.scripts.mv,
-                &[
-                    task_id.to_owned(),
-                    queue_id.unwrap_or("").to_owned(),
-                    kind.to_owned(),
-                    n.to_string(),
-                ],
+                &[task_id, queue_id.unwrap_or(""), kind, &n.to_string()],
             )
             .await?;
         if f.first().map(String::as_str) == Some("E") {
@@ -850,7 +419,7 @@ impl QueueBackend for RedisBackend {
         let f = self
             .strings(
                 &self.scripts.set_priority,
-                &[task_id.to_owned(), priority.to_string(), ms_str(now)],
+                &[task_id, &priority.to_string(), &ms_str(now)],
             )
             .await?;
         if f.first().map(String::as_str) == Some("E") {
@@ -860,9 +429,7 @@ impl QueueBackend for RedisBackend {
     }
 
     async fn find(&self, task_id: &str) -> Result<Option<Entry>> {
-        let f = self
-            .strings(&self.scripts.find, &[task_id.to_owned()])
-            .await?;
+        let f = self.strings(&self.scripts.find, &[task_id]).await?;
         Ok((f.len() == FIELDS).then(|| parse_entry(&f)))
     }
 
@@ -873,14 +440,14 @@ impl QueueBackend for RedisBackend {
         lease: Duration,
         now: DateTime<Utc>,
     ) -> Result<Option<(Entry, Lease)>> {
-        let mut args = vec![
-            worker_id.to_owned(),
+        let (dur, at, lid, n) = (
             lease.as_millis().to_string(),
             ms_str(now),
             new_lease_id(),
             queue_ids.len().to_string(),
-        ];
-        args.extend(queue_ids.iter().cloned());
+        );
+        let mut args = vec![worker_id, &dur, &at, &lid, &n];
+        args.extend(queue_ids.iter().map(String::as_str));
         let f = self.strings(&self.scripts.pop, &args).await?;
         if f.first().map(String::as_str) == Some("E") {
             return Err(script_error(&f));
@@ -899,10 +466,7 @@ impl QueueBackend for RedisBackend {
     ) -> Result<Acked> {
         let (kind, id) = target_args(target);
         let f = self
-            .strings(
-                &self.scripts.ack,
-                &[kind.to_owned(), id.to_owned(), worker_id.to_owned()],
-            )
+            .strings(&self.scripts.ack, &[kind, id, worker_id])
             .await?;
         match f.first().map(String::as_str) {
             Some("A") => Ok(Acked::Acknowledged(parse_lease(&f[1..]))),
@@ -928,13 +492,7 @@ impl QueueBackend for RedisBackend {
         let f = self
             .strings(
                 &self.scripts.release,
-                &[
-                    kind.to_owned(),
-                    id.to_owned(),
-                    worker_id.to_owned(),
-                    disp.to_owned(),
-                    ms_str(now),
-                ],
+                &[kind, id, worker_id, disp, &ms_str(now), &self.origin],
             )
             .await?;
         match f.first().map(String::as_str) {
@@ -959,15 +517,7 @@ impl QueueBackend for RedisBackend {
     ) -> Result<Lease> {
         let (kind, id) = target_args(target);
         let f = self
-            .strings(
-                &self.scripts.renew,
-                &[
-                    kind.to_owned(),
-                    id.to_owned(),
-                    worker_id.to_owned(),
-                    ms_str(now),
-                ],
-            )
+            .strings(&self.scripts.renew, &[kind, id, worker_id, &ms_str(now)])
             .await?;
         if f.first().map(String::as_str) != Some("1") {
             return Err(script_error(&f));
@@ -984,11 +534,7 @@ impl QueueBackend for RedisBackend {
         let f = self
             .strings(
                 &self.scripts.renew_worker,
-                &[
-                    worker_id.to_owned(),
-                    current_task_id.to_owned(),
-                    ms_str(now),
-                ],
+                &[worker_id, current_task_id, &ms_str(now)],
             )
             .await?;
         Ok(Self::leases_of(&f))
@@ -998,7 +544,7 @@ impl QueueBackend for RedisBackend {
         let f = self
             .strings(
                 &self.scripts.return_leases,
-                &[ms_str(now), "worker".to_owned(), worker_id.to_owned()],
+                &[&ms_str(now), "worker", worker_id, &self.origin],
             )
             .await?;
         Ok(Self::leases_of(&f))
@@ -1013,16 +559,14 @@ impl QueueBackend for RedisBackend {
         let f = self
             .strings(
                 &self.scripts.return_leases,
-                &[ms_str(now), "expired".to_owned(), String::new()],
+                &[&ms_str(now), "expired", "", &self.origin],
             )
             .await?;
         Ok(Self::leases_of(&f))
     }
 
     async fn drop_queue(&self, queue_id: &str) -> Result<(Vec<String>, Vec<String>)> {
-        let f = self
-            .strings(&self.scripts.drop_queue, &[queue_id.to_owned()])
-            .await?;
+        let f = self.strings(&self.scripts.drop_queue, &[queue_id]).await?;
         let n = f.first().map_or(0, |s| num(s) as usize);
         let waiting = f[1..=n].to_vec();
         let leased = f[1 + n..].to_vec();
@@ -1030,15 +574,15 @@ impl QueueBackend for RedisBackend {
     }
 
     async fn pop_samples(&self, queue_id: &str, since: DateTime<Utc>) -> Result<Vec<PopSample>> {
-        let mut conn = self.conn.clone();
-        let raw: Vec<(String, f64)> = conn
-            .zrangebyscore_withscores(
-                format!("{}:pops:{queue_id}", self.base),
-                millis(since),
+        let raw: Vec<(String, f64)> = self
+            .command(&[
+                "ZRANGEBYSCORE",
+                &format!("{}:pops:{queue_id}", self.base),
+                &millis(since).to_string(),
                 "+inf",
-            )
-            .await
-            .map_err(errors::redis)?;
+                "WITHSCORES",
+            ])
+            .await?;
         Ok(raw
             .into_iter()
             .filter_map(|(member, score)| {
@@ -1058,7 +602,7 @@ impl QueueBackend for RedisBackend {
     async fn trim(&self, samples_before: DateTime<Utc>, changes_before_seq: u64) -> Result<()> {
         self.run::<i64>(
             &self.scripts.trim,
-            &[ms_str(samples_before), changes_before_seq.to_string()],
+            &[&ms_str(samples_before), &changes_before_seq.to_string()],
         )
         .await?;
         Ok(())
@@ -1089,11 +633,12 @@ impl QueueBackend for RedisBackend {
             .run(
                 &self.scripts.reconcile_add,
                 &[
-                    task_id.to_owned(),
-                    queue_id.to_owned(),
-                    priority.to_string(),
-                    ms_str(enqueued),
-                    fence.to_string(),
+                    task_id,
+                    queue_id,
+                    &priority.to_string(),
+                    &ms_str(enqueued),
+                    &fence.to_string(),
+                    &self.origin,
                 ],
             )
             .await?;
@@ -1116,11 +661,12 @@ impl QueueBackend for RedisBackend {
             .run(
                 &self.scripts.reconcile_move,
                 &[
-                    task_id.to_owned(),
-                    from.to_owned(),
-                    to.to_owned(),
-                    fence.to_string(),
-                    ms_str(now),
+                    task_id,
+                    from,
+                    to,
+                    &fence.to_string(),
+                    &ms_str(now),
+                    &self.origin,
                 ],
             )
             .await?;
@@ -1140,7 +686,7 @@ impl QueueBackend for RedisBackend {
         let r: String = self
             .run(
                 &self.scripts.reconcile_remove,
-                &[task_id.to_owned(), queue_id.to_owned(), fence.to_string()],
+                &[task_id, queue_id, &fence.to_string()],
             )
             .await?;
         Ok(if r == "D" {

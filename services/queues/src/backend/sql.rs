@@ -9,15 +9,14 @@
 //! reconciliation fences compare against.
 //!
 //! Adds, pops and acknowledgements (the hot path, `sql/hot.rs`) go to one
-//! writer task per process that applies whatever is waiting as one batch in
-//! one transaction on its own connection (group commit) and replies after
-//! the commit; on SQLite each operation is one round trip to the
-//! connection's thread. Everything else runs here, one transaction per
-//! call, taking the same write turn. Queue lengths come from the
-//! trigger-kept `queue_counts` table, the pop order from
-//! `queue_entries_pop_idx` (migration `m20250102_000001_queue_counts`). On
-//! SQLite the writer does not checkpoint the WAL: a task checkpoints it
-//! every 250 ms on its own connection, so no batch waits for a file sync.
+//! writer per process that applies whatever is waiting as one batch in one
+//! transaction on its own connection (group commit) and replies after the
+//! commit: on SQLite a thread of its own with a `rusqlite` connection, so no
+//! statement crosses threads (`sql/hot/lite.rs`, which also checkpoints the
+//! WAL off the writer), on PostgreSQL a task. Everything else runs here,
+//! one transaction per call, taking the same write turn. Queue lengths come
+//! from the trigger-kept `queue_counts` table, the pop order from
+//! `queue_entries_pop_idx` (migration `m20250102_000001_queue_counts`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -57,7 +56,7 @@ pub struct SqlBackend {
     // `seq` row lock still serialises them.
     write: WriteLock,
     // Adds, pops and acknowledgements go to the group-commit writer.
-    hot: tokio::sync::mpsc::UnboundedSender<hot::Op>,
+    hot: hot::Sender,
 }
 
 impl SqlBackend {
@@ -80,7 +79,7 @@ impl SqlBackend {
                 .map_err(errors::db)?;
         }
         let write: WriteLock = Arc::new(tokio::sync::Mutex::new(()));
-        let hot = hot::spawn(hot::Target::of(&db), write.clone());
+        let hot = hot::spawn(&db, write.clone()).await?;
         Ok(SqlBackend { db, write, hot })
     }
 
@@ -758,6 +757,7 @@ impl QueueBackend for SqlBackend {
     }
 
     async fn pop_samples(&self, queue_id: &str, since: DateTime<Utc>) -> Result<Vec<PopSample>> {
+        hot::flush(&self.hot).await?;
         let rows = pop::Entity::find()
             .filter(pop::Column::QueueId.eq(queue_id))
             .filter(pop::Column::PoppedMs.gte(millis(since)))
