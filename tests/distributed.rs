@@ -17,8 +17,10 @@
 //! `TASKLAB_TEST_REDIS_URL`, which `tests/run` sets; without them the test
 //! prints `SKIPPED` (and fails under `CI`).
 
+mod common;
+
 use std::fs::File;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::Duration;
@@ -28,6 +30,8 @@ use tasklab_db::testing::{TestDb, require_env};
 use tasklab_proto::projects::v1 as ppb;
 use tasklab_proto::projects::v1::projects_service_client::ProjectsServiceClient;
 use tasklab_proto::tasks::v1 as tpb;
+
+use common::{free_addrs, tasklab};
 use tasklab_proto::tasks::v1::tasks_service_client::TasksServiceClient;
 use tokio::time::Instant;
 use tonic::transport::Channel;
@@ -67,28 +71,6 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 
 const PROJECT_PATH: &str = "distributed/team/experiments";
 const TASK_NAME: &str = "distributed smoke";
-
-/// `n` distinct free loopback addresses (all bound at once, then released).
-fn free_addrs(n: usize) -> Vec<SocketAddr> {
-    let listeners: Vec<TcpListener> = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect();
-    listeners.iter().map(|l| l.local_addr().unwrap()).collect()
-}
-
-/// The `tasklab` binary with a clean environment: no ambient `TASKLAB_*`
-/// setting, settings file or trace exporter leaks in from the test runner.
-fn tasklab() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tasklab"));
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("TASKLAB_") {
-            cmd.env_remove(&key);
-        }
-    }
-    cmd.env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
-        .env_remove("RUST_LOG");
-    cmd
-}
 
 /// One `tasklab serve --service NAME` child process; its stdout and stderr go
 /// to a log file, printed when the test fails.

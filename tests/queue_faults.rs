@@ -37,7 +37,7 @@
 mod common;
 
 use std::fs::File;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::os::unix::process::ExitStatusExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -52,7 +52,7 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
-use common::{Reply, basic, try_send};
+use common::{Reply, basic, free_addrs, tasklab, try_send};
 
 const ACCESS_KEY: &str = "faults-access";
 const SECRET_KEY: &str = "faults-secret";
@@ -70,27 +70,6 @@ const DEQUEUE_POINT: &str = "dequeue-between-steps";
 const SIGABRT: i32 = 6;
 /// The signal of `kill -9`.
 const SIGKILL: i32 = 9;
-
-fn free_addrs(n: usize) -> Vec<SocketAddr> {
-    let listeners: Vec<TcpListener> = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect();
-    listeners.iter().map(|l| l.local_addr().unwrap()).collect()
-}
-
-/// The `tasklab` binary with no ambient `TASKLAB_*` setting, settings file
-/// or trace exporter from the test runner's environment.
-fn tasklab() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tasklab"));
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("TASKLAB_") {
-            cmd.env_remove(&key);
-        }
-    }
-    cmd.env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
-        .env_remove("RUST_LOG");
-    cmd
-}
 
 // ---------------------------------------------------------------- processes
 

@@ -5,11 +5,34 @@
 
 #![allow(dead_code)]
 
-use std::net::SocketAddr;
+use std::net::{SocketAddr, TcpListener};
+use std::process::Command;
 
 use base64::Engine as _;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// `n` distinct free loopback addresses (all bound at once, then released).
+pub(crate) fn free_addrs(n: usize) -> Vec<SocketAddr> {
+    let listeners: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    listeners.iter().map(|l| l.local_addr().unwrap()).collect()
+}
+
+/// The `tasklab` binary with a clean environment: no ambient `TASKLAB_*`
+/// setting, settings file or trace exporter leaks in from the test runner.
+pub(crate) fn tasklab() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tasklab"));
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("TASKLAB_") {
+            cmd.env_remove(&key);
+        }
+    }
+    cmd.env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .env_remove("RUST_LOG");
+    cmd
+}
 
 pub(crate) const ACCESS_KEY: &str = "test-access";
 pub(crate) const SECRET_KEY: &str = "test-secret";
@@ -166,6 +189,20 @@ pub(crate) async fn send(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> Reply {
+    try_send(addr, method, path, headers, body)
+        .await
+        .unwrap_or_else(|| panic!("no reply from {addr} to {method} {path}"))
+}
+
+/// Like [`send`], for a server that may die mid-request: `None` when the
+/// connection is refused or closes without a reply.
+pub(crate) async fn try_send(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Option<Reply> {
     let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
     let mut has_length = false;
     for (k, v) in headers {
@@ -176,7 +213,7 @@ pub(crate) async fn send(
         head.push_str(&format!("Content-Length: {}\r\n", body.len()));
     }
     head.push_str("\r\n");
-    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let stream = tokio::net::TcpStream::connect(addr).await.ok()?;
     let (mut read, mut write) = stream.into_split();
     let mut request = head.into_bytes();
     request.extend_from_slice(body);
@@ -191,29 +228,6 @@ pub(crate) async fn send(
     let mut raw = Vec::new();
     let _ = read.read_to_end(&mut raw).await;
     writer.abort();
-    parse(&raw)
-}
-
-/// Like [`send`], for a server that may die mid-request: `None` when the
-/// connection is refused or closes without a reply.
-pub(crate) async fn try_send(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> Option<Reply> {
-    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
-    for (k, v) in headers {
-        request.push_str(&format!("{k}: {v}\r\n"));
-    }
-    request.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
-    let mut request = request.into_bytes();
-    request.extend_from_slice(body);
-    let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
-    let _ = stream.write_all(&request).await;
-    let mut raw = Vec::new();
-    let _ = stream.read_to_end(&mut raw).await;
     (!raw.is_empty()).then(|| parse(&raw))
 }
 
