@@ -509,7 +509,20 @@ async fn add(
     .await?;
     touch(c, task, seq).await?;
     b.wrote = true;
-    Ok(Ok(Added {
+    Ok(Ok(created(task, queue, priority, now_ms, ahead, existing)))
+}
+
+/// The outcome of an add that created a new entry, `ahead` entries before
+/// it (shared by the SQLite and PostgreSQL writers).
+fn created(
+    task: &str,
+    queue: &str,
+    priority: i32,
+    now_ms: i64,
+    ahead: i64,
+    previous_queue_id: Option<String>,
+) -> Added {
+    Added {
         entry: Entry {
             task_id: task.to_owned(),
             queue_id: queue.to_owned(),
@@ -520,8 +533,8 @@ async fn add(
             delivery_count: 0,
         },
         created: true,
-        previous_queue_id: existing,
-    }))
+        previous_queue_id,
+    }
 }
 
 #[allow(clippy::too_many_arguments)]

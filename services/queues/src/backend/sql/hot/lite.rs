@@ -615,19 +615,9 @@ fn add(
     .db()?;
     touch(c, b, task)?;
     b.wrote = true;
-    Ok(Ok(Added {
-        entry: Entry {
-            task_id: task.to_owned(),
-            queue_id: queue.to_owned(),
-            added: from_millis(now_ms),
-            priority,
-            position: Some(u32::try_from(ahead).unwrap_or(u32::MAX)),
-            lease: None,
-            delivery_count: 0,
-        },
-        created: true,
-        previous_queue_id: existing,
-    }))
+    Ok(Ok(super::created(
+        task, queue, priority, now_ms, ahead, existing,
+    )))
 }
 
 #[allow(clippy::too_many_arguments)]
