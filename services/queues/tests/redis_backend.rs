@@ -7,7 +7,6 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -216,35 +215,6 @@ async fn a_push_wakes_the_waiters_of_another_replica() {
     woken_across(&a, &a, &q, "t3").await;
 }
 
-struct RedisProcess(Child);
-
-impl Drop for RedisProcess {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_redis(bin: &str, port: u16) -> RedisProcess {
-    RedisProcess(
-        Command::new(bin)
-            .args([
-                "--bind",
-                "127.0.0.1",
-                "--port",
-                &port.to_string(),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start redis-server"),
-    )
-}
-
 async fn admin_cmd(admin: &redis::Client, args: &[&str]) {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -278,7 +248,7 @@ async fn lost_scripts_connections_and_server_are_recovered() {
         .port();
     let url = format!("redis://127.0.0.1:{port}/0");
     let admin = redis::Client::open(url.as_str()).unwrap();
-    let mut server = start_redis(&bin, port);
+    let mut server = common::spawn_redis(&bin, port);
     admin_cmd(&admin, &["PING"]).await;
 
     let db = TestDb::sqlite();
@@ -302,7 +272,7 @@ async fn lost_scripts_connections_and_server_are_recovered() {
     // The server restarts empty (kill -9): the listeners register again and
     // the queue is recorded again from SQL on first use.
     drop(server);
-    server = start_redis(&bin, port);
+    server = common::spawn_redis(&bin, port);
     admin_cmd(&admin, &["PING"]).await;
     listening(&admin, &prefix, 2).await;
     woken_across(&a, &b, &q, "t4").await;

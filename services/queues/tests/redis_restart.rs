@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,14 +18,7 @@ use tasklab_queues::service::{
 };
 use tasklab_queues::store::Store;
 
-struct RedisProcess(Child);
-
-impl Drop for RedisProcess {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use common::{RedisProcess, spawn_redis};
 
 fn free_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -34,23 +26,7 @@ fn free_port() -> u16 {
 }
 
 async fn start_redis(bin: &str, port: u16) -> RedisProcess {
-    let process = RedisProcess(
-        Command::new(bin)
-            .args([
-                "--bind",
-                "127.0.0.1",
-                "--port",
-                &port.to_string(),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start redis-server"),
-    );
+    let process = spawn_redis(bin, port);
     let client = redis::Client::open(format!("redis://127.0.0.1:{port}/0")).unwrap();
     for _ in 0..200 {
         if let Ok(mut c) = client.get_multiplexed_async_connection().await
@@ -91,7 +67,7 @@ async fn redis_restarting_empty_is_rebuilt_by_reconciliation() {
     };
     let port = free_port();
     let url = format!("redis://127.0.0.1:{port}/0");
-    let mut redis_proc = start_redis(&bin, port).await;
+    let redis_proc = start_redis(&bin, port).await;
 
     let db = TestDb::sqlite();
     let conn = db.migrated::<Migrator>().await;
@@ -135,11 +111,8 @@ async fn redis_restarting_empty_is_rebuilt_by_reconciliation() {
     let before = svc.start_reconciliation("").await.unwrap();
 
     // Crash: kill -9 and restart empty on the same port.
-    drop(std::mem::replace(
-        &mut redis_proc,
-        start_redis_placeholder(),
-    ));
-    redis_proc = start_redis(&bin, port).await;
+    drop(redis_proc);
+    let redis_proc = start_redis(&bin, port).await;
 
     let length = retry(|| svc.queue_length(&q)).await;
     assert_eq!(length, (0, 0), "the restart lost every entry");
@@ -200,13 +173,4 @@ async fn redis_restarting_empty_is_rebuilt_by_reconciliation() {
     let err = svc.add_entry(&q, "t5", 0, false).await.unwrap_err();
     assert_eq!(tasklab_queues::service::reason(&err), "queue_not_found");
     drop(redis_proc);
-}
-
-/// A process handle that is already finished, to swap out the killed one.
-fn start_redis_placeholder() -> RedisProcess {
-    RedisProcess(
-        Command::new("true")
-            .spawn()
-            .expect("spawn a placeholder process"),
-    )
 }

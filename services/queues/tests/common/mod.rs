@@ -86,3 +86,36 @@ impl Fx {
         )
     }
 }
+
+/// A `redis-server` child process of a test, without persistence; killed
+/// when dropped.
+pub struct RedisProcess(pub std::process::Child);
+
+impl Drop for RedisProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `bin` (a `redis-server`) on `127.0.0.1:port`, without waiting for
+/// it to accept connections.
+pub fn spawn_redis(bin: &str, port: u16) -> RedisProcess {
+    RedisProcess(
+        std::process::Command::new(bin)
+            .args([
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start redis-server"),
+    )
+}
