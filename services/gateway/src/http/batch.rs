@@ -864,16 +864,7 @@ mod tests {
             })
         }
 
-        fn kind(v: &Value) -> &'static str {
-            match v {
-                Value::Null => "null",
-                Value::Bool(_) => "a boolean",
-                Value::Number(_) => "a number",
-                Value::String(_) => "a string",
-                Value::Array(_) => "a list",
-                Value::Object(_) => "an object",
-            }
-        }
+        use crate::http::kind;
 
         pub(super) fn decode(bytes: &[u8]) -> Result<Vec<Result<mpb::Event, String>>, String> {
             let text =
